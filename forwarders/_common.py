@@ -1,0 +1,31 @@
+"""What every method does before its own rewrite (__ip_vs_get_out_rt)."""
+
+import struct
+
+from lvs.checksum import apply, fold
+from lvs.icmp import ICMP_DEST_UNREACH, ICMP_EXC_TTL, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED
+
+
+def decrement_ttl(engine, buf):
+    """The route to a real server is a forward: TTL 1 dies with ICMP time exceeded."""
+    if buf[8] <= 1:
+        engine.send_icmp_error(buf, ICMP_TIME_EXCEEDED, ICMP_EXC_TTL, 0)
+        engine.count_drop("ttl_exceeded")
+        return False
+    buf[8] -= 1
+    # TTL is the high byte of its 16-bit word: the checksum moves by 0x0100.
+    check = struct.unpack_from("!H", buf, 10)[0]
+    struct.pack_into("!H", buf, 10, apply(check, fold(0xFEFF)))
+    return True
+
+
+def mtu_ok(engine, buf, mtu, tunnel):
+    """ensure_mtu_is_adequate: a DF packet too big for the path gets frag-needed."""
+    if tunnel and not engine.config.pmtu_disc:
+        return True  # it will be fragmented instead
+    length = struct.unpack_from("!H", buf, 2)[0]
+    if buf[6] & 0x40 and length > mtu:
+        engine.send_icmp_error(buf, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu)
+        engine.count_drop("frag_needed")
+        return False
+    return True

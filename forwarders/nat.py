@@ -1,0 +1,67 @@
+"""Masquerading (ip_vs_nat_xmit, handle_response): the director rewrites both ways.
+
+Inbound, the destination VIP:vport becomes the real server's daddr:dport;
+replies get the VIP:vport back as their source. Checksums move by RFC 1624
+deltas computed once per connection, as the kernel's tcp_fast_csum_update
+does, and equal a full recomputation.
+"""
+
+import struct
+
+from lvs.checksum import apply, delta
+from forwarders._common import decrement_ttl, mtu_ok
+
+_TCP, _UDP = 6, 17
+
+
+def _deltas(cp):
+    """(IP header delta, L4 delta) for client->server; the reply uses their inverse."""
+    if cp.fast is None:
+        old = cp.vaddr + cp.vport.to_bytes(2, "big")
+        new = cp.daddr + cp.dport.to_bytes(2, "big")
+        cp.fast = (delta(cp.vaddr, cp.daddr), delta(old, new),
+                   delta(cp.daddr, cp.vaddr), delta(new, old))
+    return cp.fast
+
+
+def _rewrite(buf, ihl, addr_off, port_off, addr, port, ip_d, l4_d):
+    proto = buf[9]
+    buf[addr_off:addr_off + 4] = addr
+    struct.pack_into("!H", buf, ihl + port_off, port)
+    struct.pack_into("!H", buf, 10, apply(struct.unpack_from("!H", buf, 10)[0], ip_d))
+    if proto == _TCP:
+        off = ihl + 16
+        struct.pack_into("!H", buf, off, apply(struct.unpack_from("!H", buf, off)[0], l4_d))
+    elif proto == _UDP:
+        off = ihl + 6
+        check = struct.unpack_from("!H", buf, off)[0]
+        if check:  # 0 means "no checksum" and stays so
+            check = apply(check, l4_d)
+            struct.pack_into("!H", buf, off, check or 0xFFFF)
+
+
+def xmit(engine, cp, buf, ihl):
+    from lvs.engine import Transmit
+    if not decrement_ttl(engine, buf) or not mtu_ok(engine, buf, engine.mtu, False):
+        return None
+    ip_d, l4_d, _, _ = _deltas(cp)
+    _rewrite(buf, ihl, 16, 2, cp.daddr, cp.dport, ip_d, l4_d)
+    return Transmit(cp.daddr, bytes(buf))
+
+
+def reply(engine, cp, buf, ihl):
+    """A real server's reply, forwarded to the client with the VIP as its source."""
+    from lvs.engine import Transmit
+    if not decrement_ttl(engine, buf) or not mtu_ok(engine, buf, engine.mtu, False):
+        return None
+    _, _, ip_d, l4_d = _deltas(cp)
+    _rewrite(buf, ihl, 12, 0, cp.vaddr, cp.vport, ip_d, l4_d)
+    return Transmit(cp.caddr, bytes(buf))
+
+
+def forward(engine, buf):
+    """A packet the director only routes (ip_forward): TTL down, otherwise as it came."""
+    from lvs.engine import Transmit
+    if not decrement_ttl(engine, buf) or not mtu_ok(engine, buf, engine.mtu, False):
+        return None
+    return Transmit(bytes(buf[16:20]), bytes(buf))

@@ -1,0 +1,97 @@
+"""Engine settings: the kernel's IPVS sysctls, by their /proc/sys/net/ipv4/vs/ names.
+
+Defaults are the kernel's (ip_vs_ctl.c ip_vs_control_net_init_sysctl,
+ip_vs_lblc.c, ip_vs_lblcr.c). Every name the kernel has is accepted so that a
+sysctl dump loads; HONOURED lists the ones whose behaviour the engine reproduces.
+The others are stored and shown but change nothing (they govern memory
+pressure, conntrack, sync or routing, none of which exists here).
+"""
+
+from .errors import ConfigError
+
+DEFAULTS = {
+    "am_droprate": 10,
+    "amemthresh": 1024,
+    "backup_only": 0,
+    "cache_bypass": 0,
+    "conn_reuse_mode": 1,
+    "conntrack": 0,
+    "debug_level": 0,
+    "drop_entry": 0,
+    "drop_packet": 0,
+    "expire_nodest_conn": 0,
+    "expire_quiescent_template": 0,
+    "ignore_tunneled": 0,
+    "lblc_expiration": 24 * 60 * 60,
+    "lblcr_expiration": 24 * 60 * 60,
+    "nat_icmp_send": 0,
+    "pmtu_disc": 1,
+    "run_estimation": 1,
+    "schedule_icmp": 0,
+    "secure_tcp": 0,
+    "sloppy_sctp": 0,
+    "sloppy_tcp": 0,
+    "snat_reroute": 1,
+    "sync_persist_mode": 0,
+    "sync_ports": 1,
+    "sync_qlen_max": 0,
+    "sync_refresh_period": 0,
+    "sync_retries": 0,
+    "sync_sock_size": 0,
+    "sync_threshold": (3, 50),
+    "sync_version": 1,
+}
+
+HONOURED = frozenset({
+    "conn_reuse_mode", "expire_nodest_conn", "expire_quiescent_template",
+    "nat_icmp_send", "secure_tcp", "sloppy_tcp", "schedule_icmp",
+    "lblc_expiration", "lblcr_expiration", "run_estimation", "pmtu_disc",
+})
+
+# Ranges the kernel's handlers enforce (proc_dointvec_minmax, proc_do_defense_mode).
+_RANGES = {
+    "drop_entry": (0, 3), "drop_packet": (0, 3), "secure_tcp": (0, 3),
+    "sync_version": (0, 1), "sync_retries": (0, 3), "sync_ports": (1, 1 << 30),
+}
+
+
+class EngineConfig:
+    """The sysctl table of one network namespace's IPVS."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, **overrides):
+        self.values = dict(DEFAULTS)
+        for name, value in overrides.items():
+            self.set(name, value)
+
+    def __getattr__(self, name):
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def set(self, name, value):
+        """Set one sysctl; `value` may be the text written to /proc."""
+        if name not in DEFAULTS:
+            raise ConfigError("unknown sysctl %r (known: %s)" % (name, " ".join(sorted(DEFAULTS))))
+        try:
+            if name == "sync_threshold":
+                parts = value.split() if isinstance(value, str) else list(value)
+                parsed = tuple(int(p) for p in parts)
+                if len(parsed) != 2:
+                    raise ValueError
+            else:
+                parsed = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError("invalid value %r for sysctl %s" % (value, name)) from None
+        lo_hi = _RANGES.get(name)
+        if lo_hi and not lo_hi[0] <= parsed <= lo_hi[1]:
+            raise ConfigError("invalid value %r for sysctl %s" % (value, name))
+        self.values[name] = parsed
+
+    # The defense modes are on at 3 ("always"); 1 and 2 follow memory
+    # pressure, which a userspace table never reaches, so they stay off.
+    @property
+    def secure_tcp_on(self):
+        return self.values["secure_tcp"] == 3

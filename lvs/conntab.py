@@ -1,0 +1,157 @@
+"""The connection table (ip_vs_conn.c): connections, persistence templates, expiry.
+
+Lookups mirror the kernel's:
+  in_get   client -> VIP packets:  (protocol, caddr, cport, vaddr, vport)
+  out_get  NAT replies, real server -> client: (protocol, daddr, dport, caddr, cport)
+  ct_get   persistence templates: (protocol, masked caddr, 0, vaddr or fwmark, vport)
+Each connection carries an absolute deadline on the engine's clock; a heap
+with lazy deletion replaces the kernel's per-connection timers.
+"""
+
+import heapq
+
+from .flags import IP_VS_CONN_F_INACTIVE, IP_VS_CONN_F_TEMPLATE
+
+IP_VS_CTPL_S_ASSURED = 0x0001
+
+
+class Connection:
+    __slots__ = (
+        "protocol", "caddr", "cport", "vaddr", "vport", "daddr", "dport",
+        "fwmark", "flags", "state", "old_state", "timeout", "expires", "dest",
+        "control", "n_control", "seq", "in_pkts", "heap_at", "dead",
+        "fast",
+    )
+
+    def __init__(self, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, fwmark, seq):
+        self.protocol = protocol
+        self.caddr = caddr
+        self.cport = cport
+        self.vaddr = vaddr
+        self.vport = vport
+        self.daddr = daddr
+        self.dport = dport
+        self.flags = flags
+        self.fwmark = fwmark
+        self.state = 0
+        self.old_state = 0
+        self.timeout = 3.0     # ip_vs_conn_new's initial 3*HZ
+        self.expires = 0.0
+        self.dest = None
+        self.control = None    # the template this connection belongs to
+        self.n_control = 0     # connections this template controls
+        self.seq = seq         # creation order
+        self.in_pkts = 0
+        self.heap_at = None
+        self.dead = False
+        self.fast = None       # precomputed rewrite for the NAT fast path
+
+    @property
+    def is_template(self):
+        return bool(self.flags & IP_VS_CONN_F_TEMPLATE)
+
+    def in_key(self):
+        return (self.protocol, self.caddr, self.cport, self.vaddr, self.vport)
+
+    def out_key(self):
+        return (self.protocol, self.daddr, self.dport, self.caddr, self.cport)
+
+
+class ConnTable:
+    def __init__(self):
+        self.conns = {}       # seq -> Connection, creation order
+        self.by_in = {}
+        self.by_out = {}
+        self.templates = {}
+        self._heap = []
+        self._seq = 0
+
+    def __len__(self):
+        return len(self.conns)
+
+    def new(self, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark, now):
+        """ip_vs_conn_new: create, bind to dest (counters), hash."""
+        self._seq += 1
+        cp = Connection(protocol, caddr, cport, vaddr, vport, daddr, dport, flags, fwmark, self._seq)
+        if dest is not None:
+            # ip_vs_bind_dest: the connection takes the dest's flags (method,
+            # NOOUTPUT, INACTIVE) and is counted at once.
+            cflags = dest.conn_flags
+            if protocol != 17:
+                cflags &= ~0x2000  # ONE_PACKET is for UDP only
+            cp.flags |= cflags
+            cp.dest = dest
+            dest.bind(bool(cp.flags & IP_VS_CONN_F_TEMPLATE), bool(cp.flags & IP_VS_CONN_F_INACTIVE))
+        self.conns[cp.seq] = cp
+        self.hash(cp)
+        cp.expires = now + cp.timeout
+        self._push(cp)
+        return cp
+
+    def hash(self, cp):
+        if cp.flags & IP_VS_CONN_F_TEMPLATE:
+            self.templates[cp.in_key()] = cp
+        else:
+            self.by_in[cp.in_key()] = cp
+            self.by_out[cp.out_key()] = cp
+
+    def unhash(self, cp):
+        """Remove from the lookup indexes, only where this very entry is indexed."""
+        if cp.flags & IP_VS_CONN_F_TEMPLATE:
+            key = cp.in_key()
+            if self.templates.get(key) is cp:
+                del self.templates[key]
+        else:
+            key = cp.in_key()
+            if self.by_in.get(key) is cp:
+                del self.by_in[key]
+            key = cp.out_key()
+            if self.by_out.get(key) is cp:
+                del self.by_out[key]
+
+    def refresh(self, cp, now):
+        """__ip_vs_conn_put_timer: the timer restarts at now + timeout."""
+        cp.expires = now + cp.timeout
+        if cp.heap_at is None or cp.expires < cp.heap_at:
+            self._push(cp)
+
+    def expire_now(self, cp, now):
+        """ip_vs_conn_expire_now: the timer fires at the next expiry run."""
+        if cp.expires > now:
+            cp.expires = now
+            if cp.heap_at is None or now < cp.heap_at:
+                self._push(cp)
+
+    def _push(self, cp):
+        cp.heap_at = cp.expires
+        heapq.heappush(self._heap, (cp.expires, cp.seq, cp))
+
+    def next_deadline(self):
+        heap = self._heap
+        while heap:
+            t, _, cp = heap[0]
+            if cp.dead or t != cp.heap_at:
+                heapq.heappop(heap)
+                continue
+            return cp.expires if cp.expires < t else t
+        return None
+
+    def pop_due(self, now):
+        """The next connection whose timer fires at or before `now`, or None."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            t, _, cp = heapq.heappop(heap)
+            if cp.dead or t != cp.heap_at:
+                continue
+            if cp.expires > now:
+                # Refreshed since: wait for the new deadline.
+                self._push(cp)
+                continue
+            cp.heap_at = None
+            return cp
+        return None
+
+    def remove(self, cp):
+        self.unhash(cp)
+        cp.dead = True
+        self.conns.pop(cp.seq, None)
