@@ -2,7 +2,7 @@
 
 One instance serves one service (init_service + svc->sched_data). The engine
 calls the hooks as ip_vs_ctl.c does:
-    add_dest(svc, dest)   after a dest is appended to svc.destinations
+    add_dest(svc, dest)   after a dest is inserted at the head of svc.destinations
     del_dest(svc, dest)   after a dest is removed from svc.destinations
     upd_dest(svc, dest)   after an edit changed a dest's weight or settings
     schedule(svc, pkt, now) -> Dest or None

@@ -1,0 +1,79 @@
+"""Locality-based least-connection: net/netfilter/ipvs/ip_vs_lblc.c.
+
+A table maps each destination address (iph->daddr) to the dest last chosen
+for it. A cached dest is reused (and its entry's lastuse refreshed) while it
+is available, has weight > 0 and is not "overloaded" in lblc's own sense
+(is_overloaded: activeconns > weight while some dest in the service has
+activeconns*2 < weight); note the OVERLOAD flag is not checked here.
+Otherwise the wlc choice (__ip_vs_lblc_schedule) is made and replaces the
+entry. lblc has no add/del/upd hooks: a deleted dest stays cached, and is
+refused only because the engine clears its AVAILABLE flag.
+
+Entries are expired by the kernel's periodic timer (see _hashing.ExpireTimer):
+every 30th run drops entries unused for lblc_expiration; the other runs only
+act when the table holds more than 16 * 1024 entries.
+"""
+
+from lvs.flags import IP_VS_DEST_F_AVAILABLE
+from lvs.registry import register_scheduler
+
+from ._base import Scheduler
+from ._hashing import ExpireTimer, wlc_pick
+
+IP_VS_LBLC_TAB_BITS = 10
+DEFAULT_EXPIRATION = 24 * 60 * 60
+
+
+def is_overloaded(dest, svc):
+    """lblc/lblcr is_overloaded: busier than its weight while another is half idle."""
+    if dest.activeconns > dest.weight:
+        for d in svc.destinations:
+            if d.activeconns * 2 < d.weight:
+                return True
+    return False
+
+
+class _Entry:
+    __slots__ = ("dest", "lastuse")
+
+    def __init__(self, dest, lastuse):
+        self.dest = dest
+        self.lastuse = lastuse
+
+
+@register_scheduler
+class LocalityLeastConnection(Scheduler):
+    name = "lblc"
+
+    def __init__(self, svc, config=None, now=None):
+        super().__init__(svc, config)
+        self.entries = {}  # daddr (4 bytes) -> _Entry
+        self.timer = ExpireTimer(IP_VS_LBLC_TAB_BITS, now)
+        self.dead = False
+
+    def _expiration(self):
+        return self.config.lblc_expiration if self.config is not None else DEFAULT_EXPIRATION
+
+    def tick(self, now):
+        self.timer.run_until(now, self.entries, self._expiration())
+
+    def done_service(self, svc):
+        self.dead = True
+        self.entries.clear()
+
+    def schedule(self, svc, pkt, now):
+        self.tick(now)  # timer runs due before this packet come first
+        en = self.entries.get(pkt.daddr)
+        if en is not None:
+            en.lastuse = now
+            dest = en.dest
+            if (dest.flags & IP_VS_DEST_F_AVAILABLE and dest.weight > 0
+                    and not is_overloaded(dest, svc)):
+                return dest
+        dest = wlc_pick(svc)
+        if dest is None:
+            return None
+        if not self.dead and (en is None or en.dest is not dest):
+            # ip_vs_lblc_new: a different dest replaces the entry afresh.
+            self.entries[pkt.daddr] = _Entry(dest, now)
+        return dest

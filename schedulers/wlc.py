@@ -1,0 +1,21 @@
+"""Weighted least-connection: net/netfilter/ipvs/ip_vs_wlc.c.
+
+Minimises overhead/weight, overhead = activeconns*256 + inactconns. The
+first non-overloaded dest with weight > 0 seeds the choice; the rest of the
+list (overloaded dests skipped) replaces it only when strictly lighter,
+compared as loh*dw > doh*lw, so ties keep the earlier dest in the kernel's
+list order and a weight-0 dest never wins. See _hashing.wlc_pick.
+"""
+
+from lvs.registry import register_scheduler
+
+from ._base import Scheduler
+from ._hashing import wlc_pick
+
+
+@register_scheduler
+class WeightedLeastConnection(Scheduler):
+    name = "wlc"
+
+    def schedule(self, svc, pkt, now):
+        return wlc_pick(svc)
