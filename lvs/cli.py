@@ -1,0 +1,52 @@
+"""The `lvs` command: subcommands around the engine."""
+
+import argparse
+import sys
+
+from . import __version__
+
+
+def _replay(args):
+    from .replay import ReplayError, replay
+    try:
+        return replay(args.rules, args.capture, args.output, sysctls=args.sysctl,
+                      fwmarks=args.fwmark, neigh=args.neigh, mac=args.mac, seed=args.seed,
+                      director=args.director)
+    except ReplayError as e:
+        sys.stderr.write("lvs replay: %s\n" % e)
+        return 2
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="lvs", description="Linux IPVS as a userspace program.")
+    parser.add_argument("--version", action="version", version="pylvs %s" % __version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    rp = sub.add_parser("replay", help="run a capture through the engine, offline",
+                        description="Run a pcap/pcapng capture of what arrives at the director "
+                                    "through the engine; print ipvsadm's listings and the drops.")
+    rp.add_argument("--rules", required=True, metavar="RULES",
+                    help="ipvsadm-save lines; '@SECONDS <ipvsadm args>' lines apply at that time")
+    rp.add_argument("capture", metavar="IN", help="pcap or pcapng capture (Ethernet, raw IPv4, Linux cooked)")
+    rp.add_argument("-o", "--output", metavar="OUT", help="write the frames the director sends here (Ethernet pcap)")
+    rp.add_argument("--sysctl", action="append", default=[], metavar="NAME=VALUE",
+                    help="an IPVS sysctl, as named under /proc/sys/net/ipv4/vs/ (repeatable)")
+    rp.add_argument("--fwmark", action="append", default=[], metavar="PROTO:ADDR[:PORT]=MARK",
+                    help="mark matching packets before service lookup (first match wins)")
+    rp.add_argument("--neigh", action="append", default=[], metavar="IP=MAC",
+                    help="MAC address of a next hop (default 02:00 + the IPv4 address)")
+    rp.add_argument("--mac", default="02:00:00:00:00:01", help="the director's own MAC")
+    rp.add_argument("--director", metavar="IP", help="the director's address, source of IPIP tunnels (default: the VIP)")
+    rp.add_argument("--seed", type=int, default=0, help="key for values the kernel draws at random (IP IDs)")
+    rp.set_defaults(func=_replay)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install what pylvs needs into two virtual environments in the checkout:
+#   .venv       the machine's CPython
+#   .venv-pypy  Debian's PyPy 3.9 (the faster interpreter on packet paths)
+# Safe to run again: it only adds what is missing. Needs root for apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v pypy3 >/dev/null || need+=(pypy3)
+pypy3 -c 'import venv, ensurepip' 2>/dev/null || need+=(pypy3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+make_venv() {  # interpreter, directory
+    if [ ! -x "$2/bin/python" ]; then
+        "$1" -m venv "$2"
+    fi
+    if ! "$2/bin/python" -c 'import scapy, pytest, hypothesis, lvs' 2>/dev/null; then
+        "$2/bin/python" -m pip install -q --upgrade pip >/dev/null
+        "$2/bin/python" -m pip install -q -e '.[test]'
+    fi
+}
+make_venv python3 .venv
+make_venv pypy3 .venv-pypy

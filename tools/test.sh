@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Run every test under CPython and under PyPy (see tools/setup.sh).
+# Hypothesis uses its "ci" profile (fewer examples) when CI is set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/setup.sh
+status=0
+for py in .venv/bin/python .venv-pypy/bin/python; do
+    echo "== $($py -c 'import sys, platform; print(platform.python_implementation(), sys.version.split()[0])')"
+    "$py" -m pytest -q "$@" || status=1
+done
+exit $status
