@@ -6,10 +6,10 @@ from lvs.checksum import apply, fold
 from lvs.icmp import ICMP_DEST_UNREACH, ICMP_EXC_TTL, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED
 
 
-def decrement_ttl(engine, buf):
+def decrement_ttl(engine, buf, src=None):
     """The route to a real server is a forward: TTL 1 dies with ICMP time exceeded."""
     if buf[8] <= 1:
-        engine.send_icmp_error(buf, ICMP_TIME_EXCEEDED, ICMP_EXC_TTL, 0)
+        engine.send_icmp_error(buf, ICMP_TIME_EXCEEDED, ICMP_EXC_TTL, 0, src)
         engine.count_drop("ttl_exceeded")
         return False
     buf[8] -= 1
@@ -19,13 +19,23 @@ def decrement_ttl(engine, buf):
     return True
 
 
-def mtu_ok(engine, buf, mtu, tunnel):
+def mtu_ok(engine, buf, mtu, tunnel, src=None):
     """ensure_mtu_is_adequate: a DF packet too big for the path gets frag-needed."""
     if tunnel and not engine.config.pmtu_disc:
         return True  # it will be fragmented instead
     length = struct.unpack_from("!H", buf, 2)[0]
     if buf[6] & 0x40 and length > mtu:
-        engine.send_icmp_error(buf, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu)
+        engine.send_icmp_error(buf, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu, src)
         engine.count_drop("frag_needed")
         return False
     return True
+
+
+def forward_ok(engine, buf, src):
+    """ip_forward's order for packets the director routes: TTL check, MTU check, then
+    the decrement; errors come from the director's own address `src`."""
+    if buf[8] <= 1:
+        return decrement_ttl(engine, buf, src)
+    if not mtu_ok(engine, buf, engine.mtu, False, src):
+        return False
+    return decrement_ttl(engine, buf, src)

@@ -9,7 +9,8 @@ does, and equal a full recomputation.
 import struct
 
 from lvs.checksum import apply, delta
-from forwarders._common import decrement_ttl, mtu_ok
+from lvs.checksum import l4_checksum
+from forwarders._common import decrement_ttl, forward_ok, mtu_ok
 
 _TCP, _UDP = 6, 17
 
@@ -35,9 +36,14 @@ def _rewrite(buf, ihl, addr_off, port_off, addr, port, ip_d, l4_d):
     elif proto == _UDP:
         off = ihl + 6
         check = struct.unpack_from("!H", buf, off)[0]
-        if check:  # 0 means "no checksum" and stays so
+        if check:
             check = apply(check, l4_d)
-            struct.pack_into("!H", buf, off, check or 0xFFFF)
+        else:
+            # udp_dnat/snat_handler: a datagram sent without a checksum gets
+            # a full one (0 is sent as CSUM_MANGLED_0).
+            buf[off:off + 2] = b"\0\0"
+            check = l4_checksum(bytes(buf[12:16]), bytes(buf[16:20]), _UDP, bytes(buf[ihl:]))
+        struct.pack_into("!H", buf, off, check or 0xFFFF)
 
 
 def xmit(engine, cp, buf, ihl):
@@ -52,16 +58,16 @@ def xmit(engine, cp, buf, ihl):
 def reply(engine, cp, buf, ihl):
     """A real server's reply, forwarded to the client with the VIP as its source."""
     from lvs.engine import Transmit
-    if not decrement_ttl(engine, buf) or not mtu_ok(engine, buf, engine.mtu, False):
+    if not forward_ok(engine, buf, engine.director_addr or cp.vaddr):
         return None
     _, _, ip_d, l4_d = _deltas(cp)
     _rewrite(buf, ihl, 12, 0, cp.vaddr, cp.vport, ip_d, l4_d)
     return Transmit(cp.caddr, bytes(buf))
 
 
-def forward(engine, buf):
+def forward(engine, buf, cp):
     """A packet the director only routes (ip_forward): TTL down, otherwise as it came."""
     from lvs.engine import Transmit
-    if not decrement_ttl(engine, buf) or not mtu_ok(engine, buf, engine.mtu, False):
+    if not forward_ok(engine, buf, engine.director_addr or cp.vaddr):
         return None
     return Transmit(bytes(buf[16:20]), bytes(buf))

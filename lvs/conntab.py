@@ -83,9 +83,12 @@ class ConnTable:
             cp.dest = dest
             dest.bind(bool(cp.flags & IP_VS_CONN_F_TEMPLATE), bool(cp.flags & IP_VS_CONN_F_INACTIVE))
         self.conns[cp.seq] = cp
-        self.hash(cp)
         cp.expires = now + cp.timeout
-        self._push(cp)
+        if not flags & 0x2000:
+            # A one-packet (-o) entry is never hashed nor timed: it ends
+            # when its packet is sent (ip_vs_conn_hash, ip_vs_conn_put).
+            self.hash(cp)
+            self._push(cp)
         return cp
 
     def hash(self, cp):

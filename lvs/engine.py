@@ -444,7 +444,7 @@ class Engine:
         if cp.flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_MASQ:
             sent = nat.reply(self, cp, buf, ihl)
         else:
-            sent = nat.forward(self, buf)  # routed through us: plain forwarding
+            sent = nat.forward(self, buf, cp)  # routed through us: plain forwarding
         if sent is None:
             return
         self._out_stats(cp, length)
@@ -458,9 +458,11 @@ class Engine:
         from . import proto_icmp
         proto_icmp.handle(self, buf, ihl)
 
-    def send_icmp_error(self, buf, icmp_type, code, info):
-        """icmp_send from the address the packet was sent to, back to its source."""
-        src = bytes(buf[16:20])
+    def send_icmp_error(self, buf, icmp_type, code, info, src=None):
+        """icmp_send back to the packet's source: from the address it was sent to
+        when that is ours (the VIP), else from `src`, the director's own address."""
+        if src is None:
+            src = bytes(buf[16:20])
         packet = build_error(buf, icmp_type, code, info, src,
                              self.ip_ident(src, bytes(buf[12:16]), IPPROTO_ICMP))
         if packet is not None:
@@ -687,10 +689,11 @@ class Engine:
 
     @staticmethod
     def state_name(cp):
-        """ip_vs_state_name."""
+        """ip_vs_state_name: templates have their own two states."""
+        if cp.flags & IP_VS_CONN_F_TEMPLATE:
+            return "ASSURED" if cp.state & IP_VS_CTPL_S_ASSURED else "NONE"
         if cp.protocol == IPPROTO_TCP:
-            state = 0 if cp.flags & IP_VS_CONN_F_TEMPLATE else cp.state
-            return proto_tcp.STATE_NAMES[state]
+            return proto_tcp.STATE_NAMES[cp.state]
         if cp.protocol == IPPROTO_UDP:
             return "UDP"
         return "NONE"

@@ -5,7 +5,8 @@ IPVS sends three: port unreachable when a service has no usable real server
 server (decrement_ttl), and fragmentation needed when a DF packet does not
 fit the path (ensure_mtu_is_adequate). Like icmp_send, the error quotes the
 offending packet up to a 576-byte reply, comes from the address the packet
-was sent to, with TOS 0xc0 (internetwork control) and TTL 64, and is never
+was sent to, with the packet's TOS bits under internetwork-control
+precedence and TTL 64, and is never
 sent about another ICMP error.
 """
 
@@ -42,7 +43,8 @@ def build_error(packet, icmp_type, code, info, saddr, ident):
     icmp = bytearray(struct.pack("!BBHI", icmp_type, code, 0, info) + quote)
     struct.pack_into("!H", icmp, 2, checksum(icmp))
     total = 20 + len(icmp)
-    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0xC0, total, ident, 0, 64, 1, 0,
+    tos = (packet[1] & 0x1E) | 0xC0  # the quoted TOS bits, internetwork-control precedence
+    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, tos, total, ident, 0, 64, 1, 0,
                                 saddr, bytes(packet[12:16])))
     struct.pack_into("!H", hdr, 10, checksum(hdr))
     return bytes(hdr + icmp)

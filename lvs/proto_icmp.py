@@ -68,7 +68,7 @@ def handle(engine, buf, ihl):
             if checksum(buf[ihl:]) != 0:
                 return engine.count_drop("bad_icmp_checksum")
             _nat_icmp(buf, ihl, inner, True, cp)
-        sent = nat.forward(engine, buf)
+        sent = nat.forward(engine, buf, cp)
         if sent is not None:
             engine._out_stats(cp, length)
             engine._out.append(sent)

@@ -203,9 +203,6 @@ def test_no_real_server_port_unreachable():
     assert eng.drops["no_dest"] == 2 and ICMP in IP(out[0].packet)
 
 
-@pytest.mark.xfail(strict=True, reason="icmp_send TOS: __icmp_send uses "
-                   "(iph->tos & IPTOS_TOS_MASK) | IPTOS_PREC_INTERNETCONTROL, "
-                   "lvs/icmp.build_error always writes 0xC0")
 def test_icmp_error_tos_keeps_tos_bits():
     eng, _ = make(dests=())
     # (0x11 & IPTOS_TOS_MASK 0x1E) | IPTOS_PREC_INTERNETCONTROL 0xC0 = 0xD0
@@ -290,10 +287,6 @@ def test_expire_quiescent_template(eqt):
     assert out[0].nexthop == first
 
 
-@pytest.mark.xfail(strict=True, reason="ip_vs_state_name (ip_vs_proto.c) names a template "
-                   "from ip_vs_ctpl_state_name_table: an assured template "
-                   "(ip_vs_control_assure_ct on ESTABLISHED) is 'ASSURED' (kernel golden "
-                   "sched-persist-netmask24.json shows it); Engine.state_name forces 'NONE'")
 def test_assured_template_state_name():
     eng, _ = make(dests=((RS1, 80, NAT),), svc_kw=PERSIST)
     open_conn(eng, C1, 44000, T0)
@@ -301,9 +294,6 @@ def test_assured_template_state_name():
     assert eng.state_name(ct) == "ASSURED"
 
 
-@pytest.mark.xfail(strict=True, reason="ip_vs_state_name: templates of every protocol use "
-                   "ip_vs_ctpl_state_name_table ('NONE'); Engine.state_name returns 'UDP' "
-                   "for a UDP template")
 def test_udp_template_state_name():
     eng, _ = make(dests=((RS1, 53, NAT),), port=53, proto=17, svc_kw=PERSIST)
     eng.receive(udp(C1, 44100), T0)
@@ -505,12 +495,6 @@ def test_udp_one_packet_is_forwarded():
     assert (p.dst, p[UDP].dport) == (RS1, 53)
 
 
-@pytest.mark.xfail(strict=True, reason="ONE_PACKET: ip_vs_conn_new never arms the timer "
-                   "and ip_vs_conn_hash skips ONE_PACKET entries, so ip_vs_conn_put "
-                   "(!timer_pending) expires the entry at once and every datagram is "
-                   "scheduled anew; lvs.conntab.new arms a heap timer, so "
-                   "Engine._conn_put's `heap_at is None` test never holds: the entry stays "
-                   "hashed for the UDP timeout (300 s)")
 def test_udp_one_packet_leaves_no_connection():
     """ip_vs_conn_put: a ONE_PACKET (-o, IP_VS_SVC_F_ONEPACKET) connection
     expires as soon as its packet is sent; ip_vs_conn_hash never hashes it."""
@@ -525,9 +509,6 @@ def test_udp_one_packet_leaves_no_connection():
     assert first[0].nexthop != second[0].nexthop
 
 
-@pytest.mark.xfail(strict=True, reason="udp_dnat_handler/udp_snat_handler: a datagram "
-                   "with udph->check == 0 gets a full checksum (csum_tcpudp_magic, "
-                   "0 -> CSUM_MANGLED_0); forwarders/nat._rewrite leaves it 0")
 def test_udp_zero_checksum_gets_full_checksum():
     eng, _ = make(dests=((RS1, 5353, NAT),), port=53, proto=17)
     out = eng.receive(udp(C1, 50100, chksum=0), T0)
@@ -588,11 +569,6 @@ def test_icmp_unrelated_is_not_forwarded():
 
 # ----------------------------------------- replies the director routes
 
-@pytest.mark.xfail(strict=True, reason="a NAT reply with TTL 1 dies in ip_forward "
-                   "(too_many_hops -> icmp_send) before IPVS sees it; __icmp_send takes "
-                   "iph->daddr as source only for RTCF_LOCAL routes, else the director's own "
-                   "address; lvs/engine.send_icmp_error always uses the packet's daddr, so "
-                   "the error to the real server is spoofed from the client's address")
 def test_reply_ttl_expired_comes_from_director():
     eng, _ = make(dests=((RS1, 80, NAT),), director_addr=A(DIRECTOR))
     eng.receive(tcp(C1, 52000, "S"), T0)
@@ -603,10 +579,6 @@ def test_reply_ttl_expired_comes_from_director():
     assert p.src == DIRECTOR
 
 
-@pytest.mark.xfail(strict=True, reason="ip_forward checks ip_exceeds_mtu and sends "
-                   "ICMP_FRAG_NEEDED before ip_decrease_ttl, so the quoted reply keeps its "
-                   "TTL; forwarders/nat.reply runs decrement_ttl before mtu_ok and quotes "
-                   "the decremented header")
 def test_reply_frag_needed_quotes_original_ttl():
     eng, _ = make(dests=((RS1, 80, NAT),), director_addr=A(DIRECTOR))
     eng.receive(tcp(C1, 52100, "S"), T0)
