@@ -7,6 +7,6 @@ tools/setup.sh
 status=0
 for py in .venv/bin/python .venv-pypy/bin/python; do
     echo "== $($py -c 'import sys, platform; print(platform.python_implementation(), sys.version.split()[0])')"
-    "$py" -m pytest -q "$@" || status=1
+    "$py" -m pytest "$@" || status=1
 done
 exit $status
