@@ -316,8 +316,8 @@ def test_dh_buckets_and_refusals():
     assert r.pick(to("0.0.0.0")) == "C"       # bucket 0
     assert r.pick(to("0.0.0.1")) == "B"       # bucket 0x61 = 97, 97 % 3 = 1
     assert r.pick(to("0.0.0.2")) == "C"       # bucket 0xC3 = 195, 195 % 3 = 0
-    assert r.pick(to("10.0.0.1")) == "C"      # bucket 0x27 = 39
-    assert r.pick(Pkt(saddr=ip("9.9.9.9"), daddr=ip("0.0.0.1"))) == "B"  # source ignored
+    assert r.pick(to("192.0.2.3")) == "C"     # bucket 0xF6 = 246, 246 % 3 = 0
+    assert r.pick(Pkt(saddr=ip("203.0.113.9"), daddr=ip("0.0.0.1"))) == "B"  # source ignored
     r.weight("B", 0)
     assert r.pick(to("0.0.0.1")) is None      # no second choice
     r.weight("B", 1)
