@@ -335,8 +335,10 @@ def inet_aton(text):
 
 def host_to_addr(name):
     """gethostbyname, IPv4 only: 4 bytes or None."""
-    if not name or name == "<broadcast>" or "\0" in name:
-        return None  # Python's own special cases; the C resolver fails on them
+    if not name or name == "<broadcast>" or re.search(r"[\x00-\x20\x7f]", name):
+        # Python's special cases, and names no resolver takes (PyPy's
+        # gethostbyname would pass " 203.0.113.1" on as an address)
+        return None
     try:
         return socket.inet_aton(socket.gethostbyname(name))
     except (OSError, ValueError, UnicodeError):
