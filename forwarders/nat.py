@@ -8,6 +8,8 @@ does, and equal a full recomputation.
 
 import struct
 
+from lvs.verdicts import Transmit
+
 from lvs.checksum import apply, delta
 from lvs.checksum import l4_checksum
 from forwarders._common import decrement_ttl, forward_ok, mtu_ok
@@ -47,7 +49,6 @@ def _rewrite(buf, ihl, addr_off, port_off, addr, port, ip_d, l4_d):
 
 
 def xmit(engine, cp, buf, ihl):
-    from lvs.engine import Transmit
     if not decrement_ttl(engine, buf) or not mtu_ok(engine, buf, engine.mtu, False):
         return None
     ip_d, l4_d, _, _ = _deltas(cp)
@@ -57,7 +58,6 @@ def xmit(engine, cp, buf, ihl):
 
 def reply(engine, cp, buf, ihl):
     """A real server's reply, forwarded to the client with the VIP as its source."""
-    from lvs.engine import Transmit
     if not forward_ok(engine, buf, engine.director_addr or cp.vaddr):
         return None
     _, _, ip_d, l4_d = _deltas(cp)
@@ -67,7 +67,6 @@ def reply(engine, cp, buf, ihl):
 
 def forward(engine, buf, cp):
     """A packet the director only routes (ip_forward): TTL down, otherwise as it came."""
-    from lvs.engine import Transmit
     if not forward_ok(engine, buf, engine.director_addr or cp.vaddr):
         return None
     return Transmit(bytes(buf[16:20]), bytes(buf))

@@ -11,6 +11,8 @@ dropped and counted.
 
 import struct
 
+from lvs.verdicts import Transmit
+
 from lvs.checksum import checksum
 from forwarders._common import decrement_ttl, mtu_ok
 
@@ -23,7 +25,6 @@ def ecn_encapsulate(tos):
 
 
 def xmit(engine, cp, buf, ihl):
-    from lvs.engine import Transmit
     if cp.dest is not None and cp.dest.tun_type != 0:
         engine.count_drop("tunnel_type_unsupported")
         return None

@@ -34,8 +34,10 @@ from .icmp import ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, build_error
 from .registry import scheduler_class
 from .service import Dest, Service
 from .stats import ESTIMATOR_PERIOD, Stats
+from .verdicts import Transmit
 from forwarders import dr, nat, tunnel
 
+_IPHDR = struct.Struct("!10H")
 FTPPORT = 21
 TEMPLATE_EXPIRE_LATER = 60.0   # ip_vs_conn_expire: a template still in use lives on 60 s
 DEST_TRASH_PERIOD = 120.0      # IP_VS_DEST_TRASH_PERIOD
@@ -47,19 +49,6 @@ _XMIT = {IP_VS_CONN_F_MASQ: nat.xmit, IP_VS_CONN_F_TUNNEL: tunnel.xmit,
          IP_VS_CONN_F_DROUTE: dr.xmit}
 
 EINVAL_TEXT = "Invalid operation.  Possibly wrong module version, address not unicast, ..."
-
-
-class Transmit:
-    """A packet to send: `packet` is the IPv4 packet, `nexthop` the address whose MAC it goes to."""
-
-    __slots__ = ("nexthop", "packet")
-
-    def __init__(self, nexthop, packet):
-        self.nexthop = nexthop
-        self.packet = packet
-
-    def __repr__(self):
-        return "Transmit(nexthop=%s, %d bytes)" % (".".join(map(str, self.nexthop)), len(self.packet))
 
 
 class PacketInfo:
@@ -116,21 +105,28 @@ class Engine:
         """Run every timer due up to `now`, in time order."""
         self._advance(now)
         tab = self.conntab
+        if self._next_estimate > now:
+            top = tab._heap[0][0] if tab._heap else None
+            if top is None or top > now:
+                return  # nothing due: the common case on the packet path
         while True:
             est = self._next_estimate
-            cp = tab.pop_due(now if est is None or est > now else est)
+            cp = tab.pop_due(now if est > now else est)
             if cp is not None:
                 self._conn_expire(cp, max(cp.expires, self._start))
                 continue
-            if est is not None and est <= now:
+            if est <= now:
                 self._estimate()
                 self._next_estimate = est + ESTIMATOR_PERIOD
+                # Housekeeping on the estimator's beat: scheduler timers
+                # (lblc/lblcr catch up on their own when they schedule) and
+                # the trash of deleted real servers.
+                for svc in self.services.values():
+                    if svc.scheduler is not None:
+                        svc.scheduler.tick(est)
+                self._purge_trash(est)
                 continue
             break
-        for svc in self.services.values():
-            if svc.scheduler is not None:
-                svc.scheduler.tick(now)
-        self._purge_trash(now)
 
     def _estimate(self):
         if not self.config.run_estimation:
@@ -196,7 +192,12 @@ class Engine:
             return self.count_drop("bad_total_length")
         if tot_len > n:
             return self.count_drop("truncated")
-        if checksum(packet[:ihl]) != 0:
+        if ihl == 20:
+            s = sum(_IPHDR.unpack_from(packet))
+            s = (s & 0xFFFF) + (s >> 16)
+            if (s & 0xFFFF) + (s >> 16) != 0xFFFF:
+                return self.count_drop("bad_ip_checksum")
+        elif checksum(packet[:ihl]) != 0:
             return self.count_drop("bad_ip_checksum")
         buf = bytearray(packet[:tot_len])  # ip_rcv trims link-layer padding
         if ((buf[6] << 8) | buf[7]) & 0x3FFF:
@@ -342,7 +343,8 @@ class Engine:
                 if svc is not None:
                     return svc
         svc = services.get((proto, daddr, dport))
-        if svc is None and proto == IPPROTO_TCP and dport >= 1024 or svc is None and dport == 20:
+        if svc is None and proto == IPPROTO_TCP and (dport == 20 or dport >= 1024):
+            # The packet may be an FTP data connection (inet_port_requires_bind_service).
             ftp = services.get((proto, daddr, FTPPORT))
             if ftp is not None:
                 return ftp

@@ -13,6 +13,7 @@ Everything else ICMP is the director's own business and is not forwarded.
 import struct
 
 from .checksum import checksum
+from .verdicts import Transmit
 from .flags import IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_MASQ
 
 RELATED = (3, 4, 11)
@@ -89,7 +90,6 @@ def handle(engine, buf, ihl):
         sent = None
         if decrement_ttl(engine, buf) and mtu_ok(engine, buf, engine.mtu, False):
             _nat_icmp(buf, ihl, inner, False, cp)
-            from .engine import Transmit
             sent = Transmit(cp.daddr, bytes(buf))
     cp.in_pkts += 1
     if sent is not None:
