@@ -470,6 +470,13 @@ class Engine:
         if packet is not None:
             self._out.append(Transmit(bytes(buf[12:16]), packet))
 
+    def flow_hash(self, data):
+        """A 32-bit hash keyed by the seed: where the kernel uses a boot-time random key."""
+        h = self.seed ^ 0x811C9DC5
+        for byte in data:
+            h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+        return h
+
     def ip_ident(self, saddr, daddr, proto):
         """IP ID for packets without DF (__ip_select_ident).
 
@@ -480,10 +487,7 @@ class Engine:
         key = (saddr, daddr, proto)
         n = self._ident.get(key)
         if n is None:
-            h = self.seed
-            for byte in saddr + daddr + bytes((proto,)):
-                h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
-            n = h & 0xFFFF
+            n = self.flow_hash(saddr + daddr + bytes((proto,))) & 0xFFFF
         self._ident[key] = (n + 1) & 0xFFFF
         return n
 
