@@ -602,3 +602,24 @@ def test_client_frag_needed_quotes_decremented_ttl():
     quoted = bytes(p[ICMP].payload)
     assert quoted[8] == 63 and checksum(quoted[:20]) == 0
     assert len(out[0].packet) == 576
+
+
+def test_icmp_errors_are_rate_limited_per_client():
+    """icmpv4_xrlim_allow: a burst of 6, then one per icmp_ratelimit (1 s) per client."""
+    e = Engine()
+    svc = ServiceSpec(6, bytes([198, 51, 100, 2]), 80, sched_name="rr")
+    e.add_service(svc)
+    e.add_dest(svc, DestSpec(bytes([192, 0, 2, 11]), 80, conn_flags=0, weight=0))
+
+    def syns(n, now, client="203.0.113.7"):
+        sent = 0
+        for i in range(n):
+            out = e.receive(bytes(IP(src=client, dst="198.51.100.2") / TCP(sport=1000 + i, flags="S")), now)
+            sent += sum(1 for t in out if IP(t.packet).haslayer(ICMP))
+        return sent
+
+    assert syns(10, 1.0) == 6
+    assert syns(3, 1.5) == 0
+    assert syns(3, 2.6) == 1          # one token earned since the burst ran out
+    assert syns(3, 2.6, client="203.0.113.8") == 3  # another client has its own bucket
+    assert e.drops["no_dest"] == 19
