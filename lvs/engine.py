@@ -30,11 +30,14 @@ from .flags import (IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_INA
                     IP_VS_CONN_F_TEMPLATE, IP_VS_CONN_F_TUNNEL, IP_VS_DEST_F_AVAILABLE,
                     IP_VS_SVC_F_ONEPACKET, IP_VS_SVC_F_PERSISTENT, IPPROTO_ICMP,
                     IPPROTO_TCP, IPPROTO_UDP, IP_VS_CONN_F_TUNNEL_TYPE_IPIP)
-from .icmp import ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, build_error
+from .icmp import ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, ICMP_TIME_EXCEEDED, build_error
+
+ICMP_EXC_FRAGTIME = 1
 from .registry import scheduler_class
 from .service import Dest, Service
 from .stats import ESTIMATOR_PERIOD, Stats
 from .verdicts import Transmit
+from .defrag import Reassembler, fragment
 from forwarders import dr, nat, tunnel
 
 _IPHDR = struct.Struct("!10H")
@@ -86,6 +89,11 @@ class Engine:
         self._start = None
         self._next_estimate = None
         self._ident = {}
+        self.defrag = Reassembler()
+        self.fragments_held = 0             # fragments queued for reassembly (not drops)
+        self._reasm = None                  # the datagram in hand, if it came in fragments
+        self._errors = set()                # ICMP errors among the Transmits being built
+        self._timer_out = []
         self._icmp_peers = {}               # client address -> [tokens, last] (inet_peer)
         self._icmp_credit = ICMP_MSGS_BURST
         self._icmp_stamp = None
@@ -110,13 +118,18 @@ class Engine:
         return conn if est is None or conn < est else est
 
     def expire(self, now):
-        """Run every timer due up to `now`, in time order."""
+        """Run every timer due up to `now`, in time order; return what the timers send."""
         self._advance(now)
         tab = self.conntab
+        self._timer_out = sent = []
+        if self._errors:
+            self._errors.clear()
+        if self.defrag.queues:
+            self._expire_fragments(now)
         if self._next_estimate > now:
             top = tab._heap[0][0] if tab._heap else None
             if top is None or top > now:
-                return  # nothing due: the common case on the packet path
+                return sent  # nothing due: the common case on the packet path
         while True:
             est = self._next_estimate
             cp = tab.pop_due(now if est > now else est)
@@ -135,6 +148,20 @@ class Engine:
                 self._purge_trash(est)
                 continue
             break
+        return sent
+
+    def _expire_fragments(self, now):
+        """ip_expire: an incomplete datagram to one of our addresses earns its
+        sender a time exceeded (fragment reassembly) once its first part came."""
+        for _, head in self.defrag.expire(now):
+            self.count_drop("fragment_timeout")
+            if head is not None and self._is_local(head[16:20]):
+                saved, self._out = self._out, self._timer_out
+                self.send_icmp_error(bytearray(head), ICMP_TIME_EXCEEDED, ICMP_EXC_FRAGTIME, 0)
+                self._out = saved
+
+    def _is_local(self, addr):
+        return any(svc.addr == addr for svc in self.services.values() if not svc.fwmark)
 
     def _estimate(self):
         if not self.config.run_estimation:
@@ -171,14 +198,35 @@ class Engine:
 
     def receive(self, packet, now):
         """Handle one IPv4 packet arriving at the director; return the Transmits it causes."""
-        self.expire(now)
-        self._out = out = []
+        self._out = out = self.expire(now)
+        self._reasm = None
         try:
             self._receive(packet)
+            if self._reasm is not None and out:
+                out = self._refragment(out)
         except Exception:  # a bug must not take the director down: count it
             self.count_drop("internal_error")
             return []
         return out
+
+    def _refragment(self, out):
+        """ip_finish_output: a datagram that came in fragments leaves in fragments."""
+        reasm = self._reasm
+        result = []
+        for tx in out:
+            if tx in self._errors:
+                result.append(tx)
+                continue
+            packet = tx.packet
+            if packet[6] & 0x40 and reasm.max_size > self.mtu:
+                # ip_fragment: DF and a fragment larger than the path.
+                self._out = result
+                self.send_icmp_error(bytearray(packet), ICMP_DEST_UNREACH, 4, self.mtu)
+                self.count_drop("frag_needed")
+                continue
+            for piece in fragment(packet, self.mtu, reasm):
+                result.append(Transmit(tx.nexthop, piece))
+        return result
 
     def count_drop(self, reason):
         self.drops[reason] += 1
@@ -209,8 +257,17 @@ class Engine:
             return self.count_drop("bad_ip_checksum")
         buf = bytearray(packet[:tot_len])  # ip_rcv trims link-layer padding
         if ((buf[6] << 8) | buf[7]) & 0x3FFF:
-            # The kernel reassembles before IPVS (nf_defrag_ipv4); we do not.
-            return self.count_drop("fragment")
+            # IPVS sees datagrams, not fragments: conntrack's defrag hook
+            # (nf_defrag_ipv4) reassembles them first.
+            r = self.defrag.add(buf, ihl, self.now)
+            if r is None:
+                self.fragments_held += 1
+                return None
+            if isinstance(r, str):
+                return self.count_drop(r)
+            self._reasm = r
+            buf = bytearray(r.packet)
+            tot_len = len(buf)
         proto = buf[9]
         if proto == IPPROTO_ICMP:
             return self._icmp(buf, ihl)
@@ -479,7 +536,9 @@ class Engine:
         packet = build_error(buf, icmp_type, code, info, src,
                              self.ip_ident(src, bytes(buf[12:16]), IPPROTO_ICMP))
         if packet is not None:
-            self._out.append(Transmit(bytes(buf[12:16]), packet))
+            tx = Transmit(bytes(buf[12:16]), packet)
+            self._errors.add(tx)
+            self._out.append(tx)
 
     def _icmp_allow(self, dst, icmp_type, code):
         """icmpv4_global_allow and icmpv4_xrlim_allow with the default sysctls.

@@ -143,11 +143,17 @@ def replay(rules_path, capture_path, out_path=None, sysctls=(), fwmarks=(), neig
     first = None
     pending = list(timed)
 
+    def send(ts, transmits):
+        if writer is not None:
+            for tx in transmits:
+                dst = neighbours.get(tx.nexthop) or default_mac(tx.nexthop)
+                writer.write(ts, ether_frame(dst, src_mac, tx.packet))
+
     def run_timed(until):
         nonlocal status
         while pending and first + pending[0][0] <= until:
             at, number, text = pending.pop(0)
-            engine.expire(first + at)
+            send(first + at, engine.expire(first + at))
             try:
                 cmd = rules.parse_line(text)
                 if cmd is not None:
@@ -162,13 +168,10 @@ def replay(rules_path, capture_path, out_path=None, sysctls=(), fwmarks=(), neig
                 first = ts
             run_timed(ts)
             if kind != "ipv4":
-                engine.expire(ts)
+                send(ts, engine.expire(ts))
                 engine.count_drop(kind)
                 continue
-            for tx in engine.receive(data, ts):
-                if writer is not None:
-                    dst = neighbours.get(tx.nexthop) or default_mac(tx.nexthop)
-                    writer.write(ts, ether_frame(dst, src_mac, tx.packet))
+            send(ts, engine.receive(data, ts))
     except CaptureError as e:
         stderr.write("lvs replay: %s\n" % e)
         status = 2
