@@ -75,7 +75,7 @@ def overhead(dest):
 
 def xmit(engine, cp, buf, ihl):
     dest = cp.dest
-    if not decrement_ttl(engine, buf) or not mtu_ok(engine, buf, engine.mtu - overhead(dest), True):
+    if not decrement_ttl(engine, buf) or not mtu_ok(engine, buf, engine.path_mtu(dest) - overhead(dest), True):
         return None
     saddr = engine.director_addr or cp.vaddr
     df = buf[6] & 0x40 if engine.config.pmtu_disc else 0

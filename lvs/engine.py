@@ -155,13 +155,36 @@ class Engine:
         sender a time exceeded (fragment reassembly) once its first part came."""
         for _, head in self.defrag.expire(now):
             self.count_drop("fragment_timeout")
-            if head is not None and self._is_local(head[16:20]):
+            if head is not None and self.is_local(head[16:20]):
                 saved, self._out = self._out, self._timer_out
                 self.send_icmp_error(bytearray(head), ICMP_TIME_EXCEEDED, ICMP_EXC_FRAGTIME, 0)
                 self._out = saved
 
-    def _is_local(self, addr):
-        return any(svc.addr == addr for svc in self.services.values() if not svc.fwmark)
+    def is_local(self, addr):
+        """One of the director's own addresses: its own, or a service's VIP."""
+        return addr == self.director_addr or any(
+            svc.addr == addr for svc in self.services.values() if not svc.fwmark)
+
+    def path_mtu(self, dest):
+        """The MTU towards a real server: the link's, or less if a router said so."""
+        if dest is not None and dest.pmtu and self.now < dest.pmtu_expires:
+            return min(self.mtu, dest.pmtu)
+        return self.mtu
+
+    def schedule_icmp(self, buf, inner, cihl, proto, caddr, vaddr, cport, vport):
+        """ip_vs_try_to_schedule for an ICMP error (schedule_icmp): the quoted packet
+        VIP -> client is read the other way round; no port unreachable is sent back."""
+        svc = self._service_find(proto, vaddr, vport)
+        if svc is None:
+            self.count_drop("icmp_not_related")
+            return None
+        if cport == 20:
+            self.count_drop("ftp_data")
+            return None
+        cp = self._schedule(svc, PacketInfo(proto, caddr, vaddr, cport, vport))
+        if cp is None:
+            self.count_drop("no_dest")
+        return cp
 
     def _estimate(self):
         if not self.config.run_estimation:
@@ -429,21 +452,25 @@ class Engine:
             return self.count_drop("no_service")
         if sport == 20:  # never schedule active FTP data from a real server
             return self.count_drop("ftp_data")
-        pkt = PacketInfo(proto, saddr, daddr, sport, dport)
-        if svc.flags & IP_VS_SVC_F_PERSISTENT:
-            cp = self._sched_persist(svc, pkt)
-        else:
-            cp = None
-            if svc.fwmark or dport == svc.port:
-                dest = svc.scheduler.schedule(svc, pkt, self.now) if svc.scheduler else None
-                if dest is not None:
-                    flags = IP_VS_CONN_F_ONE_PACKET if (
-                        svc.flags & IP_VS_SVC_F_ONEPACKET and proto == IPPROTO_UDP) else 0
-                    cp = self.conntab.new(proto, saddr, sport, daddr, dport, dest.addr,
-                                          dest.port or dport, flags, dest, svc.fwmark, self.now)
-                    self._conn_stats(cp, svc)
+        cp = self._schedule(svc, PacketInfo(proto, saddr, daddr, sport, dport))
         if cp is None:
             self._leave(svc, buf, dport)
+        return cp
+
+    def _schedule(self, svc, pkt):
+        """ip_vs_schedule: a new connection (and template) for svc, or None."""
+        if svc.flags & IP_VS_SVC_F_PERSISTENT:
+            return self._sched_persist(svc, pkt)
+        if not svc.fwmark and pkt.dport != svc.port:
+            return None  # port-zero services must be persistent
+        dest = svc.scheduler.schedule(svc, pkt, self.now) if svc.scheduler else None
+        if dest is None:
+            return None
+        flags = IP_VS_CONN_F_ONE_PACKET if (
+            svc.flags & IP_VS_SVC_F_ONEPACKET and pkt.protocol == IPPROTO_UDP) else 0
+        cp = self.conntab.new(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport, dest.addr,
+                              dest.port or pkt.dport, flags, dest, svc.fwmark, self.now)
+        self._conn_stats(cp, svc)
         return cp
 
     def _sched_persist(self, svc, pkt):

@@ -1,22 +1,33 @@
 """ICMP errors that quote a connection (ip_vs_in_icmp, ip_vs_out_icmp).
 
 Only destination unreachable, source quench and time exceeded are "related".
-The quoted packet names the connection: a packet client -> real server when
-the error comes from the real server's side (forwarded to the client with
-the VIP put back, outer source and inner destination), a packet VIP ->
-client when it comes from the client's side (forwarded to the real server,
-rewritten the other way for NAT, sent by the connection's own method for
-DR and tunnel). Both lookups use the same key built from the quoted packet.
-Everything else ICMP is the director's own business and is not forwarded.
+The quoted packet names the connection:
+- a packet client -> real server, when the error comes from the real
+  server's side: it goes on to the client with the VIP put back (outer
+  source, quoted destination);
+- a packet VIP -> client, when it comes from the client's side: it goes to
+  the real server, rewritten the other way for NAT, sent by the
+  connection's own method for DR and tunnels;
+- one of our own tunnel packets (IPIP, GUE, GRE) to a real server: the
+  error is about the client's packet inside, so the client hears it, and a
+  frag-needed teaches the director the tunnel's path MTU.
+With schedule_icmp set, an error from the client's side for which no
+connection exists is scheduled like a first packet. Everything else ICMP is
+the director's own business and is not forwarded.
 """
 
 import struct
 
 from .checksum import checksum
+from .flags import IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_MASQ, IP_VS_CONN_F_TUNNEL
 from .verdicts import Transmit
-from .flags import IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_MASQ
 
 RELATED = (3, 4, 11)
+ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED = 3, 4
+IPPROTO_IPIP, IPPROTO_UDP, IPPROTO_GRE = 4, 17, 47
+ETH_P_IP, GRE_CSUM = 0x0800, 0x8000
+IP_RT_MIN_PMTU = 552            # net.ipv4.route.min_pmtu
+IP_RT_MTU_EXPIRES = 600.0       # net.ipv4.route.mtu_expires
 
 
 def _nat_icmp(buf, ihl, inner, inout, cp):
@@ -40,53 +51,125 @@ def _nat_icmp(buf, ihl, inner, inout, cp):
     struct.pack_into("!H", buf, ihl + 2, checksum(buf[ihl:]))
 
 
+def find_tunnel(engine, addr, port, tun_type):
+    """ip_vs_find_tunnel: a tunnel real server by address and tunnel port."""
+    for svc in engine.services.values():
+        for dest in svc.destinations:
+            if (dest.addr == addr and dest.tun_port == port and dest.tun_type == tun_type
+                    and dest.fwd == IP_VS_CONN_F_TUNNEL):
+                return dest
+    return None
+
+
+def _decap(engine, buf, off):
+    """Where the client's packet starts inside a quoted tunnel packet, and the dest, or None."""
+    n = len(buf)
+    proto = buf[off + 9]
+    raddr = bytes(buf[off + 16:off + 20])
+    start = off + (buf[off] & 0x0F) * 4
+    if struct.unpack_from("!H", buf, off + 6)[0] & 0x1FFF:
+        return None
+    if proto == IPPROTO_IPIP:
+        dest = find_tunnel(engine, raddr, 0, 0)
+        return (start, dest) if dest is not None else None
+    if proto == IPPROTO_UDP and n >= start + 12:
+        dest = find_tunnel(engine, raddr, struct.unpack_from("!H", buf, start + 2)[0], 1)
+        g = buf[start + 8]
+        if dest is None or g >> 6 or buf[start + 9] != IPPROTO_IPIP:
+            return None
+        return start + 8 + 4 + ((g & 0x1F) << 2), dest
+    if proto == IPPROTO_GRE and n >= start + 4:
+        dest = find_tunnel(engine, raddr, 0, 2)
+        flags, ptype = struct.unpack_from("!HH", buf, start)
+        if dest is None or flags & ~GRE_CSUM or ptype != ETH_P_IP:
+            return None
+        return start + (8 if flags & GRE_CSUM else 4), dest
+    return None
+
+
 def handle(engine, buf, ihl):
     from forwarders import nat
+    from forwarders._common import decrement_ttl, mtu_ok
     from .engine import _XMIT
     n = len(buf)
     if n < ihl + 8:
         return engine.count_drop("truncated")
-    if buf[ihl] not in RELATED:
+    icmp_type, code = buf[ihl], buf[ihl + 1]
+    if icmp_type not in RELATED:
         return engine.count_drop("icmp_not_related")
     inner = ihl + 8
-    if n < inner + 20 or buf[inner] >> 4 != 4:
+    if n < inner + 20 or buf[inner] >> 4 != 4 or buf[inner] & 0x0F < 5:
         return engine.count_drop("icmp_not_related")
+    tunnel = None
+    if buf[inner + 9] in (IPPROTO_IPIP, IPPROTO_UDP, IPPROTO_GRE) and engine.is_local(bytes(buf[16:20])):
+        tunnel = _decap(engine, buf, inner)
+        if tunnel is None and buf[inner + 9] != IPPROTO_UDP:
+            return engine.count_drop("icmp_not_related")
+        if tunnel is not None:
+            inner = tunnel[0]
+            if n < inner + 20 or buf[inner] >> 4 != 4 or buf[inner] & 0x0F < 5:
+                return engine.count_drop("icmp_not_related")
     cihl = (buf[inner] & 0x0F) * 4
     proto = buf[inner + 9]
-    if (proto not in (6, 17) or cihl < 20 or n < inner + cihl + 4
+    if (proto not in (6, 17) or n < inner + cihl + 4
             or struct.unpack_from("!H", buf, inner + 6)[0] & 0x1FFF):
         return engine.count_drop("icmp_not_related")
     esrc = bytes(buf[inner + 12:inner + 16])
     edst = bytes(buf[inner + 16:inner + 20])
     esport, edport = struct.unpack_from("!HH", buf, inner + cihl)
-    key = (proto, edst, edport, esrc, esport)
     tab = engine.conntab
     length = len(buf)
-    cp = tab.by_out.get(key)
-    if cp is not None:
-        # From the real server's side, towards the client.
-        if cp.flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_MASQ:
-            if checksum(buf[ihl:]) != 0:
-                return engine.count_drop("bad_icmp_checksum")
-            _nat_icmp(buf, ihl, inner, True, cp)
-        sent = nat.forward(engine, buf, cp)
-        if sent is not None:
-            engine._out_stats(cp, length)
-            engine._out.append(sent)
-        return
-    cp = tab.by_in.get(key)
+
+    if tunnel is None:
+        cp = tab.by_out.get((proto, edst, edport, esrc, esport))
+        if cp is not None:
+            # From the real server's side, towards the client.
+            if cp.flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_MASQ:
+                if checksum(buf[ihl:]) != 0:
+                    return engine.count_drop("bad_icmp_checksum")
+                _nat_icmp(buf, ihl, inner, True, cp)
+            sent = nat.forward(engine, buf, cp)
+            if sent is not None:
+                engine._out_stats(cp, length)
+                engine._out.append(sent)
+            return
+        cp = tab.by_in.get((proto, edst, edport, esrc, esport))
+    else:
+        # Our tunnel packet quotes the client's request as it was sent.
+        cp = tab.by_in.get((proto, esrc, esport, edst, edport))
+    new = False
     if cp is None:
-        return engine.count_drop("icmp_not_related")
-    # From the client's side, towards the real server.
+        if tunnel is not None or not engine.config.schedule_icmp:
+            return engine.count_drop("icmp_not_related")
+        cp = engine.schedule_icmp(buf, inner, cihl, proto, edst, esrc, edport, esport)
+        if cp is None:
+            return
+        new = True
     if checksum(buf[ihl:]) != 0:
         return engine.count_drop("bad_icmp_checksum")
+
+    if tunnel is not None:
+        info = struct.unpack_from("!I", buf, ihl + 4)[0]
+        if icmp_type == ICMP_DEST_UNREACH and code == ICMP_FRAG_NEEDED:
+            dest = tunnel[1]
+            mtu = learn_pmtu(engine, dest, info & 0xFFFF)
+            if not buf[inner + 6] & 0x40:
+                return engine.count_drop("icmp_consumed")  # the client does not use PMTUD
+            if mtu > 68 + 20:
+                mtu -= 20
+            info = mtu
+        # icmp_send about the client's packet, from the address it was sent to.
+        engine.send_icmp_error(bytearray(buf[inner:]), icmp_type, code, info)
+        engine._out_stats(cp, length)
+        engine.count_drop("icmp_consumed")
+        return
+
     engine._in_stats(cp, length)
     method = cp.flags & IP_VS_CONN_F_FWD_MASK
     if method != IP_VS_CONN_F_MASQ:
         xmit = _XMIT.get(method)
         sent = xmit(engine, cp, buf, ihl) if xmit else None
     else:
-        from forwarders._common import decrement_ttl, mtu_ok
         sent = None
         if decrement_ttl(engine, buf) and mtu_ok(engine, buf, engine.mtu, False):
             _nat_icmp(buf, ihl, inner, False, cp)
@@ -94,3 +177,15 @@ def handle(engine, buf, ihl):
     cp.in_pkts += 1
     if sent is not None:
         engine._out.append(sent)
+    if new:
+        engine._conn_put(cp)
+
+
+def learn_pmtu(engine, dest, mtu):
+    """ipv4_update_pmtu on the route to a tunnel real server; returns its MTU now."""
+    if mtu < IP_RT_MIN_PMTU:
+        mtu = min(engine.path_mtu(dest), IP_RT_MIN_PMTU)
+    if mtu < engine.path_mtu(dest):
+        dest.pmtu = mtu
+        dest.pmtu_expires = engine.now + IP_RT_MTU_EXPIRES
+    return engine.path_mtu(dest)

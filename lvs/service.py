@@ -19,7 +19,7 @@ class Dest:
         "svc", "addr", "port", "weight", "last_weight", "u_threshold",
         "l_threshold", "conn_flags", "flags", "activeconns", "inactconns",
         "persistconns", "refcnt", "stats", "tun_type", "tun_port", "tun_flags",
-        "idle_start",
+        "idle_start", "pmtu", "pmtu_expires",
     )
 
     def __init__(self, svc, addr, port):
@@ -41,6 +41,8 @@ class Dest:
         self.tun_port = 0
         self.tun_flags = 0
         self.idle_start = 0.0
+        self.pmtu = 0             # path MTU learned from frag-needed (tunnels), 0: none
+        self.pmtu_expires = 0.0
 
     @property
     def fwd(self):

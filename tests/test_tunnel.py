@@ -107,3 +107,70 @@ def test_tunnel_mtu_counts_the_encapsulation():
     icmp = IP(out[0].packet)
     assert icmp.dst == "203.0.113.7" and icmp.payload.type == 3 and icmp.payload.code == 4
     assert icmp.payload.nexthopmtu == 1500 - 32
+
+
+def icmp_about(tunnelled, icmp_type=3, code=4, mtu=1400, src="192.0.2.1"):
+    """An ICMP error from a router on the way to the real server, quoting our tunnel packet."""
+    from scapy.all import ICMP
+    quoted = raw(tunnelled)[:28 + 40]  # outer + client's IP header + 20 bytes, as routers quote
+    return raw(IP(src=src, dst=DIRECTOR) / ICMP(type=icmp_type, code=code, nexthopmtu=mtu) / quoted)
+
+
+def test_frag_needed_for_a_tunnel_packet_reaches_the_client_and_lowers_the_path_mtu():
+    from scapy.all import ICMP
+    e = engine_with()
+    pkt = syn()
+    out = send(e, pkt)
+    back = e.receive(icmp_about(out, mtu=1400), 2.0)
+    assert len(back) == 1
+    err = IP(back[0].packet)
+    assert back[0].nexthop == addr("203.0.113.7")
+    assert (err.src, err.dst, err[ICMP].type, err[ICMP].code) == (VIP, "203.0.113.7", 3, 4)
+    assert err[ICMP].nexthopmtu == 1400 - 20   # the client must leave room for our header
+    assert raw(err[ICMP].payload)[12:20] == raw(pkt)[12:20]  # about the client's own packet
+    # The director now knows the path: a 1390-byte DF packet no longer fits the tunnel.
+    big = syn() / (b"x" * (1390 - 40))
+    out = e.receive(raw(big), 3.0)
+    assert len(out) == 1 and IP(out[0].packet)[ICMP].nexthopmtu == 1380
+    # ... and forgets it after ip_rt_mtu_expires (600 s).
+    out = e.receive(raw(syn(sport=40001) / (b"x" * (1390 - 40))), 700.0)
+    assert len(out) == 1 and IP(out[0].packet).proto == 4
+
+
+def test_frag_needed_is_not_passed_on_without_df():
+    e = engine_with()
+    out = send(e, syn(flags=0))
+    assert e.receive(icmp_about(out), 2.0) == []
+    assert e.drops["icmp_consumed"] == 1
+
+
+def test_errors_about_unknown_tunnels_are_not_ours():
+    e = engine_with()
+    out = send(e, syn())
+    other = IP(raw(out))
+    other.dst = "192.0.2.99"
+    del other.chksum
+    assert e.receive(icmp_about(IP(raw(other))), 2.0) == []
+    assert e.drops["icmp_not_related"] == 1
+
+
+def test_schedule_icmp_makes_a_connection_from_an_error():
+    from scapy.all import ICMP
+    from lvs.config import EngineConfig
+    for on in (0, 1):
+        e = Engine(EngineConfig(schedule_icmp=on))
+        svc = ServiceSpec(6, addr(VIP), 80, sched_name="rr")
+        e.add_service(svc)
+        e.add_dest(svc, DestSpec(addr(RS), 8080, conn_flags=0))
+        # The client's side complains about a packet VIP:80 -> client we have no record of.
+        quoted = raw(IP(src=VIP, dst="203.0.113.7") / TCP(sport=80, dport=40000, flags="SA"))[:28]
+        icmp = raw(IP(src="203.0.113.7", dst=VIP) / ICMP(type=3, code=3) / quoted)
+        out = e.receive(icmp, 1.0)
+        if not on:
+            assert out == [] and e.drops["icmp_not_related"] == 1
+            continue
+        assert len(out) == 1 and out[0].nexthop == addr(RS)
+        fwd = IP(out[0].packet)
+        assert fwd.dst == RS and raw(fwd[ICMP].payload)[12:16] == addr(RS)
+        conns = e.conn_list()
+        assert len(conns) == 1 and conns[0].caddr == addr("203.0.113.7") and conns[0].cport == 40000
