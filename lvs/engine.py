@@ -110,12 +110,10 @@ class Engine:
             self.now = now
 
     def next_deadline(self):
-        """When expire() next has work to do (connection timers and the estimator)."""
-        conn = self.conntab.next_deadline()
-        est = self._next_estimate
-        if conn is None:
-            return est
-        return conn if est is None or conn < est else est
+        """When expire() next has work to do (connection, fragment and estimator timers)."""
+        times = [t for t in (self.conntab.next_deadline(), self.defrag.next_deadline(),
+                             self._next_estimate) if t is not None]
+        return min(times) if times else None
 
     def expire(self, now):
         """Run every timer due up to `now`, in time order; return what the timers send."""
