@@ -307,11 +307,7 @@ def _tun_info(dest):
 def _svc_counters(stats):
     """A service's counters as ipvsadm 1.31 prints them: the 64-bit ones
     (IPVS_SVC_ATTR_STATS64) since the last zeroing."""
-    counters = getattr(stats, "counters", None)
-    zero = getattr(stats, "zero", None)
-    if counters is None or zero is None:
-        return stats.shown()
-    return tuple((c - z) & 0xFFFFFFFFFFFFFFFF for c, z in zip(counters(), zero))
+    return tuple(c & 0xFFFFFFFFFFFFFFFF for c in stats.shown())
 
 
 def _dest_counters(stats):

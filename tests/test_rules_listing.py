@@ -925,7 +925,9 @@ class SpecEngine:
 
 def _stats(values):
     s = Stats()
+    # What the kernel reports: the estimator's last snapshot (kstats).
     s.conns, s.inpkts, s.outpkts, s.inbytes, s.outbytes = values[:5]
+    s.kstats = tuple(values[:5])
     cps, inpps, outpps, inbps, outbps = values[5:]
     # rates() decodes the kernel's scaled estimator values
     s.cps, s.inpps, s.outpps = cps << 10, inpps << 10, outpps << 10

@@ -103,3 +103,25 @@ def test_zero_restarts_counters_and_rates():
     assert st.shown()[:2] == (1, 1) and st.cps > 0
     e.zero()
     assert st.shown() == (0, 0, 0, 0, 0) and st.rates() == (0, 0, 0, 0, 0)
+
+
+def test_listed_counters_lag_until_the_estimator_tick():
+    """6.1 listings read kstats, which only estimation_timer refreshes (every 2 s)."""
+    e = director()                       # the clock starts at the first packet: ticks at 3, 5, ...
+    e.receive(c("S"), 1.0)
+    st = e.services[(6, A(VIP), 80)].stats
+    assert st.shown() == (0, 0, 0, 0, 0) and st.counters()[:2] == (1, 1)
+    e.expire(3.0)
+    assert st.shown()[:2] == (1, 1)
+    e.receive(c("A"), 3.5)
+    e.zero()                              # the zero point is the last snapshot ...
+    e.expire(5.0)
+    assert st.shown()[:2] == (0, 1)       # ... so the ACK after it still shows
+
+
+def test_without_run_estimation_listings_stand_still():
+    e = director(run_estimation=0)
+    e.receive(c("S"), 1.0)
+    e.expire(30.0)
+    st = e.services[(6, A(VIP), 80)].stats
+    assert st.shown() == (0, 0, 0, 0, 0) and st.rates() == (0, 0, 0, 0, 0)
