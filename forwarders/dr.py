@@ -5,11 +5,10 @@ the IP destination stays the VIP), apart from what any router does: the
 kernel's route lookup decrements the TTL and refreshes the IP checksum.
 """
 
-from lvs.verdicts import Transmit
 from forwarders._common import decrement_ttl, mtu_ok
 
 
 def xmit(engine, cp, buf, ihl):
     if not decrement_ttl(engine, buf) or not mtu_ok(engine, buf, engine.mtu, False):
         return None
-    return Transmit(cp.daddr, bytes(buf))
+    return engine.output(cp.daddr, bytes(buf), engine.path_mtu(cp.dest))

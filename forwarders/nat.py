@@ -8,7 +8,6 @@ does, and equal a full recomputation.
 
 import struct
 
-from lvs.verdicts import Transmit
 
 from lvs.checksum import apply, delta
 from lvs.checksum import l4_checksum
@@ -53,7 +52,7 @@ def xmit(engine, cp, buf, ihl):
         return None
     ip_d, l4_d, _, _ = _deltas(cp)
     _rewrite(buf, ihl, 16, 2, cp.daddr, cp.dport, ip_d, l4_d)
-    return Transmit(cp.daddr, bytes(buf))
+    return engine.output(cp.daddr, bytes(buf), engine.path_mtu(cp.dest))
 
 
 def reply(engine, cp, buf, ihl):
@@ -62,11 +61,11 @@ def reply(engine, cp, buf, ihl):
         return None
     _, _, ip_d, l4_d = _deltas(cp)
     _rewrite(buf, ihl, 12, 0, cp.vaddr, cp.vport, ip_d, l4_d)
-    return Transmit(cp.caddr, bytes(buf))
+    return engine.output(cp.caddr, bytes(buf), engine.mtu)
 
 
 def forward(engine, buf, cp):
     """A packet the director only routes (ip_forward): TTL down, otherwise as it came."""
     if not forward_ok(engine, buf, engine.director_addr or cp.vaddr):
         return None
-    return Transmit(bytes(buf[16:20]), bytes(buf))
+    return engine.output(bytes(buf[16:20]), bytes(buf), engine.mtu)

@@ -18,7 +18,6 @@ import struct
 from lvs.checksum import checksum, l4_checksum
 from lvs.flags import (IP_VS_CONN_F_TUNNEL_TYPE_GRE, IP_VS_CONN_F_TUNNEL_TYPE_GUE,
                        IP_VS_TUNNEL_ENCAP_FLAG_CSUM, IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM)
-from lvs.verdicts import Transmit
 from forwarders._common import decrement_ttl, mtu_ok
 
 IPPROTO_IPIP, IPPROTO_UDP, IPPROTO_GRE = 4, 17, 47
@@ -84,4 +83,4 @@ def xmit(engine, cp, buf, ihl):
     outer = bytearray(struct.pack("!BBHHBBBBH4s4s", 0x45, ecn_encapsulate(buf[1]), 20 + len(payload),
                                   ident, df, 0, buf[8], proto, 0, saddr, cp.daddr))
     struct.pack_into("!H", outer, 10, checksum(outer))
-    return Transmit(cp.daddr, bytes(outer) + payload)
+    return engine.output(cp.daddr, bytes(outer) + payload, engine.path_mtu(dest))

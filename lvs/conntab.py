@@ -2,7 +2,8 @@
 
 Lookups mirror the kernel's:
   in_get   client -> VIP packets:  (protocol, caddr, cport, vaddr, vport)
-  out_get  NAT replies, real server -> client: (protocol, daddr, dport, caddr, cport)
+  out_get  replies, real server -> client: (protocol, daddr, dport, caddr, cport)
+           for NAT, (protocol, vaddr, vport, caddr, cport) for DR and tunnels
   ct_get   persistence templates: (protocol, masked caddr, 0, vaddr or fwmark, vport)
 Each connection carries an absolute deadline on the engine's clock; a heap
 with lazy deletion replaces the kernel's per-connection timers.
@@ -54,7 +55,11 @@ class Connection:
         return (self.protocol, self.caddr, self.cport, self.vaddr, self.vport)
 
     def out_key(self):
-        return (self.protocol, self.daddr, self.dport, self.caddr, self.cport)
+        """ip_vs_conn_out_get: a NAT reply comes from the real server's address;
+        one that passes the director for DR or a tunnel still says VIP:vport."""
+        if self.flags & 0x0007 == 0:  # IP_VS_CONN_F_MASQ
+            return (self.protocol, self.daddr, self.dport, self.caddr, self.cport)
+        return (self.protocol, self.vaddr, self.vport, self.caddr, self.cport)
 
 
 class ConnTable:

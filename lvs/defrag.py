@@ -183,24 +183,26 @@ def _options_fragment(h):
         i += length
 
 
-def fragment(packet, mtu, reasm):
+def fragment(packet, mtu, reasm=None):
     """ip_do_fragment: cut `packet` (a datagram that came in fragments) for a link of `mtu`.
 
     With the original pieces intact and fitting, the fast path reuses them;
     otherwise the slow path cuts (mtu - header) & ~7 bytes at a time. The
     effective MTU is never above the largest fragment received.
     """
-    if reasm.max_size and reasm.max_size < mtu:
+    if reasm is not None and reasm.max_size and reasm.max_size < mtu:
         mtu = reasm.max_size
     hlen = (packet[0] & 0x0F) * 4
     space = mtu - hlen
     header = packet[:hlen]
     data = packet[hlen:]
-    pieces = reasm.pieces
-    inner = len(data) - sum(pieces)  # bytes an encapsulation added in front
-    first = pieces[0] + inner
-    fast = first <= space and not first & 7 and all(
-        p <= space and (not p & 7 or i == len(pieces) - 1) for i, p in enumerate(pieces))
+    fast = False
+    if reasm is not None:
+        pieces = reasm.pieces
+        inner = len(data) - sum(pieces)  # bytes an encapsulation added in front
+        first = pieces[0] + inner
+        fast = first <= space and not first & 7 and all(
+            p <= space and (not p & 7 or i == len(pieces) - 1) for i, p in enumerate(pieces))
     if not fast:
         pieces, left = [], len(data)
         while left > 0:

@@ -92,7 +92,6 @@ class Engine:
         self.defrag = Reassembler()
         self.fragments_held = 0             # fragments queued for reassembly (not drops)
         self._reasm = None                  # the datagram in hand, if it came in fragments
-        self._errors = set()                # ICMP errors among the Transmits being built
         self._timer_out = []
         self._icmp_peers = {}               # client address -> [tokens, last] (inet_peer)
         self._icmp_credit = ICMP_MSGS_BURST
@@ -120,8 +119,6 @@ class Engine:
         self._advance(now)
         tab = self.conntab
         self._timer_out = sent = []
-        if self._errors:
-            self._errors.clear()
         if self.defrag.queues:
             self._expire_fragments(now)
         if self._next_estimate > now:
@@ -223,31 +220,26 @@ class Engine:
         self._reasm = None
         try:
             self._receive(packet)
-            if self._reasm is not None and out:
-                out = self._refragment(out)
         except Exception:  # a bug must not take the director down: count it
             self.count_drop("internal_error")
             return []
         return out
 
-    def _refragment(self, out):
-        """ip_finish_output: a datagram that came in fragments leaves in fragments."""
+    def output(self, nexthop, packet, mtu):
+        """ip_finish_output: send `packet` towards `nexthop` on a path of `mtu`, in
+        fragments if it is too big or came in fragments (frag_max_size)."""
         reasm = self._reasm
-        result = []
-        for tx in out:
-            if tx in self._errors:
-                result.append(tx)
-                continue
-            packet = tx.packet
-            if packet[6] & 0x40 and reasm.max_size > self.mtu:
-                # ip_fragment: DF and a fragment larger than the path.
-                self._out = result
-                self.send_icmp_error(bytearray(packet), ICMP_DEST_UNREACH, 4, self.mtu)
-                self.count_drop("frag_needed")
-                continue
-            for piece in fragment(packet, self.mtu, reasm):
-                result.append(Transmit(tx.nexthop, piece))
-        return result
+        if reasm is None and len(packet) <= mtu:
+            self._out.append(Transmit(nexthop, packet))
+            return True
+        if packet[6] & 0x40 and reasm is not None and reasm.max_size > mtu:
+            # ip_fragment: DF, and one of the fragments we got is bigger than the path.
+            self.send_icmp_error(bytearray(packet), ICMP_DEST_UNREACH, 4, mtu)
+            self.count_drop("frag_needed")
+            return None
+        for piece in fragment(packet, mtu, reasm):
+            self._out.append(Transmit(nexthop, piece))
+        return True
 
     def count_drop(self, reason):
         self.drops[reason] += 1
@@ -332,9 +324,7 @@ class Engine:
         if xmit is None:
             self.count_drop("local")
         else:
-            sent = xmit(self, cp, buf, ihl)
-            if sent is not None:
-                self._out.append(sent)
+            xmit(self, cp, buf, ihl)
         cp.in_pkts += 1
         self._conn_put(cp)
 
@@ -541,7 +531,6 @@ class Engine:
             return
         self._out_stats(cp, length)
         self._set_state(cp, buf, ihl, proto_tcp.DIR_OUTPUT)
-        self._out.append(sent)
         self._conn_put(cp)
 
     # ------------------------------------------------------------ ICMP
@@ -561,9 +550,7 @@ class Engine:
         packet = build_error(buf, icmp_type, code, info, src,
                              self.ip_ident(src, bytes(buf[12:16]), IPPROTO_ICMP))
         if packet is not None:
-            tx = Transmit(bytes(buf[12:16]), packet)
-            self._errors.add(tx)
-            self._out.append(tx)
+            self._out.append(Transmit(bytes(buf[12:16]), packet))
 
     def _icmp_allow(self, dst, icmp_type, code):
         """icmpv4_global_allow and icmpv4_xrlim_allow with the default sysctls.

@@ -20,7 +20,6 @@ import struct
 
 from .checksum import checksum
 from .flags import IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_MASQ, IP_VS_CONN_F_TUNNEL
-from .verdicts import Transmit
 
 RELATED = (3, 4, 11)
 ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED = 3, 4
@@ -128,10 +127,8 @@ def handle(engine, buf, ihl):
                 if checksum(buf[ihl:]) != 0:
                     return engine.count_drop("bad_icmp_checksum")
                 _nat_icmp(buf, ihl, inner, True, cp)
-            sent = nat.forward(engine, buf, cp)
-            if sent is not None:
+            if nat.forward(engine, buf, cp):
                 engine._out_stats(cp, length)
-                engine._out.append(sent)
             return
         cp = tab.by_in.get((proto, edst, edport, esrc, esport))
     else:
@@ -168,15 +165,12 @@ def handle(engine, buf, ihl):
     method = cp.flags & IP_VS_CONN_F_FWD_MASK
     if method != IP_VS_CONN_F_MASQ:
         xmit = _XMIT.get(method)
-        sent = xmit(engine, cp, buf, ihl) if xmit else None
-    else:
-        sent = None
-        if decrement_ttl(engine, buf) and mtu_ok(engine, buf, engine.mtu, False):
-            _nat_icmp(buf, ihl, inner, False, cp)
-            sent = Transmit(cp.daddr, bytes(buf))
+        if xmit is not None:
+            xmit(engine, cp, buf, ihl)
+    elif decrement_ttl(engine, buf) and mtu_ok(engine, buf, engine.path_mtu(cp.dest), False):
+        _nat_icmp(buf, ihl, inner, False, cp)
+        engine.output(cp.daddr, bytes(buf), engine.path_mtu(cp.dest))
     cp.in_pkts += 1
-    if sent is not None:
-        engine._out.append(sent)
     if new:
         engine._conn_put(cp)
 
