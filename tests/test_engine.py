@@ -623,3 +623,24 @@ def test_icmp_errors_are_rate_limited_per_client():
     assert syns(3, 2.6) == 1          # one token earned since the burst ran out
     assert syns(3, 2.6, client="203.0.113.8") == 3  # another client has its own bucket
     assert e.drops["no_dest"] == 19
+
+
+def test_ip_options_travel_with_the_packet():
+    """IPVS works on iph->ihl: options stay in place and ports are found after them."""
+    e = Engine()
+    svc = ServiceSpec(6, bytes([198, 51, 100, 2]), 80, sched_name="rr")
+    e.add_service(svc)
+    e.add_dest(svc, DestSpec(bytes([192, 0, 2, 11]), 8080, conn_flags=0))
+    from scapy.layers.inet import IPOption_RR
+    sent = IP(bytes(IP(src="203.0.113.7", dst="198.51.100.2", options=[IPOption_RR(routers=["0.0.0.0"] * 2)])
+                    / TCP(sport=40000, dport=80, flags="S")))
+    out = e.receive(bytes(sent), 1.0)
+    assert len(out) == 1
+    got = IP(out[0].packet)
+    assert got.ihl == sent.ihl == 8 and bytes(got)[20:32] == bytes(sent)[20:32]
+    assert got.dst == "192.0.2.11" and got[TCP].dport == 8080
+    ref = got.copy()
+    del ref.chksum
+    del ref[TCP].chksum
+    ref = IP(bytes(ref))
+    assert (ref.chksum, ref[TCP].chksum) == (got.chksum, got[TCP].chksum)
