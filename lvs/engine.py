@@ -18,8 +18,8 @@ ConfigError carrying ipvsadm's text, and change nothing.
 import struct
 from collections import Counter
 
-from . import proto_tcp
-from .checksum import apply, checksum, delta
+from . import proto_icmp, proto_tcp
+from .checksum import checksum
 from .config import EngineConfig
 from .conntab import IP_VS_CTPL_S_ASSURED, ConnTable
 from .control import (ADD_DEST, ADD_SERVICE, DEL_DEST, DEL_SERVICE, EDIT_DEST,
@@ -29,16 +29,16 @@ from .flags import (IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_INA
                     IP_VS_CONN_F_MASQ, IP_VS_CONN_F_NOOUTPUT, IP_VS_CONN_F_ONE_PACKET,
                     IP_VS_CONN_F_TEMPLATE, IP_VS_CONN_F_TUNNEL, IP_VS_DEST_F_AVAILABLE,
                     IP_VS_SVC_F_ONEPACKET, IP_VS_SVC_F_PERSISTENT, IPPROTO_ICMP,
-                    IPPROTO_TCP, IPPROTO_UDP, IP_VS_CONN_F_TUNNEL_TYPE_IPIP)
+                    IPPROTO_TCP, IPPROTO_UDP)
 from .icmp import ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, ICMP_TIME_EXCEEDED, build_error
-
-ICMP_EXC_FRAGTIME = 1
 from .registry import scheduler_class
 from .service import Dest, Service
 from .stats import ESTIMATOR_PERIOD, Stats
 from .verdicts import Transmit
 from .defrag import Reassembler, fragment
 from forwarders import dr, nat, tunnel
+
+ICMP_EXC_FRAGTIME = 1
 
 _IPHDR = struct.Struct("!10H")
 ICMP_RATEMASK = 0x1818          # net.ipv4.icmp_ratemask
@@ -320,11 +320,7 @@ class Engine:
                 return
         self._in_stats(cp, tot_len)
         self._set_state(cp, buf, ihl, proto_tcp.DIR_INPUT)
-        xmit = _XMIT.get(cp.flags & IP_VS_CONN_F_FWD_MASK)
-        if xmit is None:
-            self.count_drop("local")
-        else:
-            xmit(self, cp, buf, ihl)
+        self.transmit(cp, buf, ihl)
         cp.in_pkts += 1
         self._conn_put(cp)
 
@@ -536,8 +532,15 @@ class Engine:
     # ------------------------------------------------------------ ICMP
 
     def _icmp(self, buf, ihl):
-        from . import proto_icmp
         proto_icmp.handle(self, buf, ihl)
+
+    def transmit(self, cp, buf, ihl):
+        """cp->packet_xmit: send by the connection's forwarding method."""
+        xmit = _XMIT.get(cp.flags & IP_VS_CONN_F_FWD_MASK)
+        if xmit is None:
+            self.count_drop("local")
+            return None
+        return xmit(self, cp, buf, ihl)
 
     def send_icmp_error(self, buf, icmp_type, code, info, src=None):
         """icmp_send back to the packet's source: from the address it was sent to
@@ -644,10 +647,9 @@ class Engine:
 
     @staticmethod
     def _check_service_spec(spec):
-        if spec.pe_name and spec.pe_name != "sip":
-            raise ConfigError("Scheduler or persistence engine not found")
         if spec.pe_name:
-            # ip_vs_pe_sip needs SIP call-id parsing and conntrack helpers.
+            # No persistence engine is built (the kernel's only one, sip, needs
+            # SIP parsing and conntrack helpers): answered as a missing module.
             raise ConfigError("Scheduler or persistence engine not found")
 
     def add_service(self, spec):

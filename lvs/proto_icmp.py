@@ -18,6 +18,9 @@ the director's own business and is not forwarded.
 
 import struct
 
+from forwarders import nat
+from forwarders._common import decrement_ttl, mtu_ok
+
 from .checksum import checksum
 from .flags import IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_MASQ, IP_VS_CONN_F_TUNNEL
 
@@ -87,9 +90,6 @@ def _decap(engine, buf, off):
 
 
 def handle(engine, buf, ihl):
-    from forwarders import nat
-    from forwarders._common import decrement_ttl, mtu_ok
-    from .engine import _XMIT
     n = len(buf)
     if n < ihl + 8:
         return engine.count_drop("truncated")
@@ -164,9 +164,7 @@ def handle(engine, buf, ihl):
     engine._in_stats(cp, length)
     method = cp.flags & IP_VS_CONN_F_FWD_MASK
     if method != IP_VS_CONN_F_MASQ:
-        xmit = _XMIT.get(method)
-        if xmit is not None:
-            xmit(engine, cp, buf, ihl)
+        engine.transmit(cp, buf, ihl)
     elif decrement_ttl(engine, buf) and mtu_ok(engine, buf, engine.path_mtu(cp.dest), False):
         _nat_icmp(buf, ihl, inner, False, cp)
         engine.output(cp.daddr, bytes(buf), engine.path_mtu(cp.dest))
