@@ -17,6 +17,19 @@ def _replay(args):
         return 2
 
 
+def _daemon(args):
+    from . import ctl
+    from .daemon import DaemonError, start, stop
+    path = ctl.socket_path(args.socket)
+    try:
+        if args.stop:
+            return stop(path)
+        return start(path, args.rules, args.feed, detach=args.detach, clock=args.clock)
+    except DaemonError as e:
+        sys.stderr.write("lvs daemon: %s\n" % e)
+        return 1
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="lvs", description="Linux IPVS as a userspace program.")
     parser.add_argument("--version", action="version", version="pylvs %s" % __version__)
@@ -40,6 +53,20 @@ def build_parser():
     rp.add_argument("--director", metavar="IP", help="the director's address, source of IPIP tunnels (default: the VIP)")
     rp.add_argument("--seed", type=int, default=0, help="key for values the kernel draws at random (IP IDs)")
     rp.set_defaults(func=_replay)
+
+    dp = sub.add_parser("daemon", help="hold the tables and serve lvsadm on a control socket",
+                        description="Hold the engine's tables and answer lvsadm on a Unix socket.")
+    dp.add_argument("--socket", metavar="PATH",
+                    help="control socket (default: $LVS_SOCKET, else /run/pylvs/lvs.sock)")
+    dp.add_argument("--rules", metavar="FILE", help="ipvsadm-save lines to load at start (all or nothing)")
+    dp.add_argument("--feed", action="append", default=[], metavar="IN.pcap",
+                    help="run a capture through the engine at start, as lvs replay does (repeatable)")
+    dp.add_argument("--detach", action="store_true",
+                    help="run in the background; return once the socket answers (10 s at most)")
+    dp.add_argument("--stop", action="store_true", help="stop the daemon on the socket and wait until it is gone")
+    dp.add_argument("--clock", choices=("monotonic", "capture"), default="monotonic",
+                    help="'capture': time moves only with fed packets (reproducible listings)")
+    dp.set_defaults(func=_daemon)
     return parser
 
 

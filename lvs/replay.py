@@ -95,6 +95,27 @@ def load_rules(path):
     return initial, timed
 
 
+def run_capture(engine, capture_path, send, before=None, shift=0.0):
+    """Feed a capture to `engine`, its timestamps (plus `shift`) as the clock.
+
+    send(ts, transmits) gets what the director sends; before(ts) runs first
+    for each record (the replay's timed rules). Non-IPv4 frames run the
+    timers and are counted under their kind. Returns the number of records.
+    """
+    count = 0
+    for ts, kind, data in read_capture(capture_path):
+        ts += shift
+        count += 1
+        if before is not None:
+            before(ts)
+        if kind != "ipv4":
+            send(ts, engine.expire(ts))
+            engine.count_drop(kind)
+            continue
+        send(ts, engine.receive(data, ts))
+    return count
+
+
 def replay(rules_path, capture_path, out_path=None, sysctls=(), fwmarks=(), neigh=(),
            mac="02:00:00:00:00:01", seed=0, director=None, stdout=None, stderr=None):
     """Run the replay; returns the exit status."""
@@ -162,16 +183,14 @@ def replay(rules_path, capture_path, out_path=None, sysctls=(), fwmarks=(), neig
                 stderr.write("%s:%d: %s\n" % (rules_path, number, e.message))
                 status = 1
 
+    def before(ts):
+        nonlocal first
+        if first is None:
+            first = ts
+        run_timed(ts)
+
     try:
-        for ts, kind, data in read_capture(capture_path):
-            if first is None:
-                first = ts
-            run_timed(ts)
-            if kind != "ipv4":
-                send(ts, engine.expire(ts))
-                engine.count_drop(kind)
-                continue
-            send(ts, engine.receive(data, ts))
+        run_capture(engine, capture_path, send, before)
     except CaptureError as e:
         stderr.write("lvs replay: %s\n" % e)
         status = 2

@@ -21,7 +21,7 @@ make_venv() {  # interpreter, directory
     if [ ! -x "$2/bin/python" ]; then
         "$1" -m venv "$2"
     fi
-    if ! "$2/bin/python" -c 'import scapy, pytest, hypothesis, lvs' 2>/dev/null; then
+    if ! "$2/bin/python" -c 'import scapy, pytest, hypothesis, lvs' 2>/dev/null || [ ! -x "$2/bin/lvsadm" ]; then
         "$2/bin/python" -m pip install -q --upgrade pip >/dev/null
         "$2/bin/python" -m pip install -q -e '.[test]'
     fi

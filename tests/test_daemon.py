@@ -1,0 +1,122 @@
+"""`lvs daemon` and its control socket: start, detach, stop, stale and live sockets, feeding."""
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lvs import ctl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RULES = os.path.join(ROOT, "examples", "tutorial.rules")
+CAPTURE = os.path.join(ROOT, "examples", "tutorial.pcap")
+
+
+def lvs(*args, env=None, input=None):
+    return subprocess.run([sys.executable, "-m", "lvs"] + list(args), capture_output=True, text=True,
+                          timeout=60, cwd=ROOT, env=env, input=input)
+
+
+@pytest.fixture
+def sock(tmp_path):
+    path = str(tmp_path / "run" / "lvs.sock")
+    yield path
+    if ctl.alive(path):
+        lvs("daemon", "--socket", path, "--stop")
+
+
+def test_detach_ping_and_stop(sock):
+    r = lvs("daemon", "--socket", sock, "--detach")
+    assert r.returncode == 0, r.stderr
+    assert "started" in r.stdout
+    mode = os.stat(sock).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(sock)).st_mode) == 0o700
+    answer = ctl.request(sock, {"op": "ping"})
+    assert answer["pylvs"] == 1 and answer["pid"] > 0
+    r = lvs("daemon", "--socket", sock, "--stop")
+    assert r.returncode == 0 and "stopped" in r.stdout
+    assert not os.path.exists(sock)
+    r = lvs("daemon", "--socket", sock, "--stop")
+    assert r.returncode == 0 and "no daemon running" in r.stdout
+
+
+def test_environment_names_the_socket(sock):
+    env = dict(os.environ, LVS_SOCKET=sock)
+    assert lvs("daemon", "--detach", env=env).returncode == 0
+    assert ctl.alive(sock)
+    assert lvs("daemon", "--stop", env=env).returncode == 0
+
+
+def test_live_daemon_is_an_error_and_stale_socket_is_replaced(sock):
+    assert lvs("daemon", "--socket", sock, "--detach").returncode == 0
+    r = lvs("daemon", "--socket", sock, "--detach")
+    assert r.returncode == 1 and "already running on %s" % sock in r.stderr
+    lvs("daemon", "--socket", sock, "--stop")
+    # A socket file with nobody behind it, as a killed daemon leaves it.
+    os.makedirs(os.path.dirname(sock), exist_ok=True)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(sock)
+    stale.close()
+    assert os.path.exists(sock) and not ctl.alive(sock)
+    assert lvs("daemon", "--socket", sock, "--detach").returncode == 0
+    assert ctl.alive(sock)
+
+
+def test_bad_rules_fail_before_detaching(sock, tmp_path):
+    rules = tmp_path / "bad.rules"
+    rules.write_text("-A -t 198.51.100.2:80 -s rr\n-A -t 198.51.100.2:80 -s rr\n")
+    r = lvs("daemon", "--socket", sock, "--rules", str(rules), "--detach")
+    assert r.returncode == 1
+    assert r.stderr.strip() == "lvs daemon: %s:2: Service already exists" % rules
+    assert not os.path.exists(sock)
+
+
+def test_sigterm_stops_a_foreground_daemon(sock):
+    p = subprocess.Popen([sys.executable, "-m", "lvs", "daemon", "--socket", sock], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 10
+        while not ctl.alive(sock) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ctl.alive(sock)
+        p.terminate()
+        assert p.wait(timeout=10) == 0
+        assert not os.path.exists(sock)
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+def test_feed_runs_a_capture(sock):
+    assert lvs("daemon", "--socket", sock, "--rules", RULES, "--clock", "capture", "--detach").returncode == 0
+    answer = ctl.request(sock, {"op": "feed", "path": CAPTURE})
+    assert answer["status"] == 0 and answer["packets"] == 43 and answer["sent"] == 40
+    assert answer["drops"] == {"arp": 1, "no_service": 2}
+
+
+def test_bad_requests_get_an_error(sock):
+    assert lvs("daemon", "--socket", sock, "--detach").returncode == 0
+    assert "error" in ctl.request(sock, {"op": "nonsense"})
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    s.sendall(b"not json\n")
+    s.shutdown(socket.SHUT_WR)
+    assert "bad request" in json.loads(ctl.read_line(s).decode())["error"]
+    s.close()
+    assert ctl.alive(sock)  # and it still serves
+
+
+def test_lvsadm_without_daemon_fails_like_ipvsadm_without_the_module(tmp_path):
+    path = str(tmp_path / "none.sock")
+    env = dict(os.environ, LVS_SOCKET=path)
+    r = subprocess.run([sys.executable, "-c", "import sys; from lvs.lvsadm import main; sys.exit(main())",
+                        "-Ln"], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and r.stdout == ""
+    first, second = r.stderr.splitlines()
+    assert first == "Can't initialize ipvs: Protocol not available"
+    assert path in second and "lvs daemon --detach" in second
