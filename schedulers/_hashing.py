@@ -133,3 +133,109 @@ class ExpireTimer:
             if goal <= 0:
                 break
         self.rover = j
+
+
+# ---------------------------------------------------------------- SipHash
+#
+# lib/siphash.c as built for x86_64 (BITS_PER_LONG == 64): siphash() is
+# SipHash-2-4 and hsiphash() is SipHash-1-3 over the same 64-bit state,
+# truncated to u32 (the 32-bit HalfSipHash variant is not what a 64-bit
+# kernel runs). Keys are two 64-bit words (siphash_key_t / hsiphash_key_t
+# with unsigned long key[2]); data is read little-endian, the final partial
+# word carries len << 56. Checked against lib/test_siphash.c's vectors.
+
+_M64 = 0xFFFFFFFFFFFFFFFF
+SIPHASH_CONST_0 = 0x736F6D6570736575
+SIPHASH_CONST_1 = 0x646F72616E646F6D
+SIPHASH_CONST_2 = 0x6C7967656E657261
+SIPHASH_CONST_3 = 0x7465646279746573
+
+
+def _sipround(v0, v1, v2, v3):
+    """SIPHASH_PERMUTATION."""
+    v0 = (v0 + v1) & _M64
+    v1 = ((v1 << 13) | (v1 >> 51)) & _M64
+    v1 ^= v0
+    v0 = ((v0 << 32) | (v0 >> 32)) & _M64
+    v2 = (v2 + v3) & _M64
+    v3 = ((v3 << 16) | (v3 >> 48)) & _M64
+    v3 ^= v2
+    v0 = (v0 + v3) & _M64
+    v3 = ((v3 << 21) | (v3 >> 43)) & _M64
+    v3 ^= v0
+    v2 = (v2 + v1) & _M64
+    v1 = ((v1 << 17) | (v1 >> 47)) & _M64
+    v1 ^= v2
+    v2 = ((v2 << 32) | (v2 >> 32)) & _M64
+    return v0, v1, v2, v3
+
+
+def _sip(words, tail, length, key, crounds, drounds):
+    """The PREAMBLE / word loop / POSTAMBLE shared by every entry point."""
+    k0, k1 = key
+    v0 = SIPHASH_CONST_0 ^ k0
+    v1 = SIPHASH_CONST_1 ^ k1
+    v2 = SIPHASH_CONST_2 ^ k0
+    v3 = SIPHASH_CONST_3 ^ k1
+    for m in words:
+        v3 ^= m
+        for _ in range(crounds):
+            v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+        v0 ^= m
+    b = ((length << 56) | tail) & _M64
+    v3 ^= b
+    for _ in range(crounds):
+        v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+    v0 ^= b
+    v2 ^= 0xFF
+    for _ in range(drounds):
+        v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+def _split(data):
+    n = len(data) & ~7
+    words = [int.from_bytes(data[i:i + 8], "little") for i in range(0, n, 8)]
+    return words, int.from_bytes(data[n:], "little")
+
+
+def siphash(data, key):
+    """siphash(data, len, key): SipHash-2-4, u64."""
+    words, tail = _split(bytes(data))
+    return _sip(words, tail, len(data), key, 2, 4)
+
+
+def siphash_1u64(first, key):
+    return _sip((first,), 0, 8, key, 2, 4)
+
+
+def siphash_2u64(first, second, key):
+    return _sip((first, second), 0, 16, key, 2, 4)
+
+
+def hsiphash(data, key):
+    """hsiphash(data, len, key) on a 64-bit kernel: SipHash-1-3, low 32 bits."""
+    words, tail = _split(bytes(data))
+    return _sip(words, tail, len(data), key, 1, 3) & 0xFFFFFFFF
+
+
+def hsiphash_1u32(first, key):
+    """hsiphash_1u32 = hsiphash(&u32, 4, key): one SipHash-1-3 block, unrolled.
+
+    This is the per-packet hash of the mh scheduler, so it is written out
+    flat; it equals hsiphash(first.to_bytes(4, "little"), key).
+    """
+    k0, k1 = key
+    v0 = SIPHASH_CONST_0 ^ k0
+    v1 = SIPHASH_CONST_1 ^ k1
+    v2 = SIPHASH_CONST_2 ^ k0
+    v3 = SIPHASH_CONST_3 ^ k1
+    b = (4 << 56) | (first & 0xFFFFFFFF)
+    v3 ^= b
+    v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+    v0 ^= b
+    v2 ^= 0xFF
+    v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+    v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+    v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+    return (v0 ^ v1 ^ v2 ^ v3) & 0xFFFFFFFF
