@@ -46,6 +46,7 @@ ICMP_RATELIMIT = 1.0            # net.ipv4.icmp_ratelimit, 1000 ms
 XRLIM_BURST_FACTOR = 6
 ICMP_MSGS_PER_SEC, ICMP_MSGS_BURST = 1000, 50
 FTPPORT = 21
+HZ = 250                       # Debian's kernel: timeouts are kept in jiffies
 TEMPLATE_EXPIRE_LATER = 60.0   # ip_vs_conn_expire: a template still in use lives on 60 s
 DEST_TRASH_PERIOD = 120.0      # IP_VS_DEST_TRASH_PERIOD
 UDP_TIMEOUT = 5 * 60
@@ -793,7 +794,7 @@ class Engine:
     def set_timeouts(self, tcp, tcpfin, udp):
         """ip_vs_set_timeout: 0 keeps a value."""
         for value in (tcp, tcpfin, udp):
-            if value < 0 or value > 2147483647 // 1000:
+            if value < 0 or value > 2147483647 // HZ:
                 raise ConfigError(EINVAL_TEXT)
         if tcp:
             self.tcp_timeouts[proto_tcp.ESTABLISHED] = tcp

@@ -775,12 +775,17 @@ def _option(pa, tag, arg, popt):
         _fail("invalid option `%s'" % popt.last)
 
 
-def parse_cli(args, prog=PROG):
+def parse_cli(args, prog=PROG, allow_ipv6=False):
     """Parse one ipvsadm command line (without the program name).
 
     Returns a ParsedArgs; raises ConfigError with ipvsadm's message and exit
     status for what ipvsadm itself rejects.  For help and version requests
     cmd_name is HELP or VERSION and nothing else is parsed.
+
+    An IPv6 service or real server is refused here with the answer of a
+    kernel without IPv6 IPVS, unless ``allow_ipv6``: then the line is
+    returned parsed (svc_af / dest_af say AF_INET6) with no ``command``, for
+    a caller that answers in the kernel's order (lvs.adm).
     """
     pa = ParsedArgs()
     pa.sched_flags_arg = ""
@@ -867,6 +872,8 @@ def parse_cli(args, prog=PROG):
 
     # pylvs is IPv4 only: what a kernel without IPv6 IPVS answers.
     if (pa.svc_given and pa.svc_af == AF_INET6) or pa.dest_af == AF_INET6:
+        if allow_ipv6:
+            return pa
         _fail(EAFNOSUPPORT_TEXT, 255)
 
     name = RULE_COMMANDS.get(pa.cmd_name)
