@@ -45,6 +45,7 @@ ICMP_RATEMASK = 0x1818          # net.ipv4.icmp_ratemask
 ICMP_RATELIMIT = 1.0            # net.ipv4.icmp_ratelimit, 1000 ms
 XRLIM_BURST_FACTOR = 6
 ICMP_MSGS_PER_SEC, ICMP_MSGS_BURST = 1000, 50
+ESTIMATOR_CATCH_UP = 256       # ticks after which idle rates are surely 0
 FTPPORT = 21
 HZ = 250                       # Debian's kernel: timeouts are kept in jiffies
 TEMPLATE_EXPIRE_LATER = 60.0   # ip_vs_conn_expire: a template still in use lives on 60 s
@@ -135,13 +136,22 @@ class Engine:
             if est <= now:
                 self._estimate()
                 self._next_estimate = est + ESTIMATOR_PERIOD
+                due = int((now - est) // ESTIMATOR_PERIOD)
+                if due > ESTIMATOR_CATCH_UP:
+                    # A long quiet gap: no packet comes between these ticks, so
+                    # after the first they only decay the averages, which reach
+                    # zero well within ESTIMATOR_CATCH_UP ticks; skip the rest.
+                    for _ in range(ESTIMATOR_CATCH_UP):
+                        self._estimate()
+                    self._next_estimate = est + (due + 1) * ESTIMATOR_PERIOD
                 # Housekeeping on the estimator's beat: scheduler timers
                 # (lblc/lblcr catch up on their own when they schedule) and
                 # the trash of deleted real servers.
+                beat = self._next_estimate - ESTIMATOR_PERIOD
                 for svc in self.services.values():
                     if svc.scheduler is not None:
-                        svc.scheduler.tick(est)
-                self._purge_trash(est)
+                        svc.scheduler.tick(beat)
+                self._purge_trash(beat)
                 continue
             break
         return sent
