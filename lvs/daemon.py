@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 
-from . import __version__, ctl, rules
+from . import __version__, ctl
 from .engine import Engine
 from .errors import ConfigError
 from .pcap import CaptureError
@@ -79,19 +79,13 @@ class Daemon:
 
     def load_rules(self, path):
         """--rules FILE: ipvsadm-save lines, all or nothing."""
+        from .replay import ReplayError, load_rules
         try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise DaemonError("cannot read rules %s: %s" % (path, e.strerror))
-        commands = []
-        for number, line in enumerate(text.splitlines(), 1):
-            try:
-                cmd = rules.parse_line(line)
-            except ConfigError as e:
-                raise DaemonError("%s:%d: %s" % (path, number, e.message))
-            if cmd is not None:
-                commands.append((number, cmd))
+            commands, timed = load_rules(path)
+        except ReplayError as e:
+            raise DaemonError(str(e))
+        if timed:
+            raise DaemonError("%s:%d: timed lines are for lvs replay" % (path, timed[0][1]))
         scratch = Engine()
         for number, cmd in commands:
             try:
