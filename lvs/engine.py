@@ -84,6 +84,8 @@ class Engine:
         self.conntab = ConnTable()
         self.tot_stats = Stats()
         self.trash = []                     # deleted dests kept while connections use them
+        self._trash_timer = None
+        self._nodest_flush = None
         self.tcp_timeouts = list(proto_tcp.TIMEOUTS)
         self.udp_timeout = UDP_TIMEOUT
         self.drops = Counter()
@@ -113,7 +115,8 @@ class Engine:
     def next_deadline(self):
         """When expire() next has work to do (connection, fragment and estimator timers)."""
         times = [t for t in (self.conntab.next_deadline(), self.defrag.next_deadline(),
-                             self._next_estimate) if t is not None]
+                             self._next_estimate, self._trash_timer, self._nodest_flush)
+                 if t is not None]
         return min(times) if times else None
 
     def expire(self, now):
@@ -123,15 +126,26 @@ class Engine:
         self._timer_out = sent = []
         if self.defrag.queues:
             self._expire_fragments(now)
-        if self._next_estimate > now:
+        if self._nodest_flush is not None and self._nodest_flush <= now:
+            self._nodest_flush = None
+            self._flush_nodest(now)
+        trash = self._trash_timer
+        if self._next_estimate > now and (trash is None or trash > now):
             top = tab._heap[0][0] if tab._heap else None
             if top is None or top > now:
                 return sent  # nothing due: the common case on the packet path
         while True:
             est = self._next_estimate
-            cp = tab.pop_due(now if est > now else est)
+            trash = self._trash_timer
+            bound = est if est < now else now
+            if trash is not None and trash < bound:
+                bound = trash
+            cp = tab.pop_due(bound)
             if cp is not None:
                 self._conn_expire(cp, max(cp.expires, self._start))
+                continue
+            if trash is not None and trash <= now and trash <= est:
+                self._trash_expire(trash)
                 continue
             if est <= now:
                 self._estimate()
@@ -151,7 +165,6 @@ class Engine:
                 for svc in self.services.values():
                     if svc.scheduler is not None:
                         svc.scheduler.tick(beat)
-                self._purge_trash(beat)
                 continue
             break
         return sent
@@ -220,8 +233,6 @@ class Engine:
         dest = cp.dest
         if dest is not None:
             dest.unbind(bool(cp.flags & IP_VS_CONN_F_TEMPLATE), bool(cp.flags & IP_VS_CONN_F_INACTIVE))
-            if not dest.refcnt:
-                dest.idle_start = now
 
     # ----------------------------------------------------------- packet path
 
@@ -279,6 +290,10 @@ class Engine:
                 return self.count_drop("bad_ip_checksum")
         elif checksum(packet[:ihl]) != 0:
             return self.count_drop("bad_ip_checksum")
+        if not self.services:
+            # The last service gone, IPVS unregisters its hooks (ip_vs_del_service):
+            # packets, replies to surviving connections included, pass it by.
+            return self.count_drop("no_service")
         buf = bytearray(packet[:tot_len])  # ip_rcv trims link-layer padding
         if ((buf[6] << 8) | buf[7]) & 0x3FFF:
             # IPVS sees datagrams, not fragments: conntrack's defrag hook
@@ -771,21 +786,76 @@ class Engine:
         svc.destinations.remove(dest)
         if svcupd and svc.scheduler is not None:
             svc.scheduler.del_dest(svc, dest)
-        dest.idle_start = self.now or 0.0
-        self.trash.append(dest)
+        if not self.trash:
+            self._trash_timer = (self.now or 0.0) + DEST_TRASH_PERIOD / 2
+        dest.idle_start = 0.0
+        self.trash.insert(0, dest)
+        if self.config.expire_nodest_conn:
+            # ip_vs_enqueue_expire_nodest_conns: a flush one jiffy later.
+            self._nodest_flush = (self.now or 0.0) + 1.0 / HZ
 
     def _trash_get(self, svc, addr, port):
-        """ip_vs_trash_get_dest: re-adding a recently deleted dest revives it, counters and all."""
+        """ip_vs_trash_get_dest: a dest deleted from this service's address (the
+        service itself may be a new one, after -C and -R) comes back, with its
+        connections and counters."""
         for i, dest in enumerate(self.trash):
-            if dest.svc is svc and dest.addr == addr and dest.port == port:
+            old = dest.svc
+            if (dest.addr == addr and dest.port == port and old.fwmark == svc.fwmark
+                    and old.protocol == svc.protocol
+                    and (svc.fwmark or (old.addr == svc.addr and old.port == svc.port))):
                 del self.trash[i]
+                if old is not svc:
+                    # __ip_vs_update_dest: bound to another service, counters restart.
+                    dest.stats = Stats()
+                    dest.svc = svc
                 return dest
         return None
 
-    def _purge_trash(self, now):
-        if self.trash:
-            self.trash = [d for d in self.trash
-                          if d.refcnt or now < d.idle_start + DEST_TRASH_PERIOD]
+    def _trash_expire(self, now):
+        """ip_vs_dest_trash_expire: every 60 s; a dest unused at one pass is freed 120 s later."""
+        keep = []
+        wake = None  # when a later pass can next change something
+        for dest in self.trash:
+            if dest.refcnt:
+                t = self.conntab.next_deadline()  # only an expiry can free it
+            elif not dest.idle_start:
+                dest.idle_start = now
+                t = now
+            elif now < dest.idle_start + DEST_TRASH_PERIOD:
+                t = dest.idle_start + DEST_TRASH_PERIOD
+            else:
+                continue
+            keep.append(dest)
+            if t is not None and (wake is None or t < wake):
+                wake = t
+        self.trash = keep
+        if not keep:
+            self._trash_timer = None
+            return
+        period = DEST_TRASH_PERIOD / 2
+        passes = 1
+        if wake is not None and wake > now + period:
+            passes = int((wake - now) // period)  # passes that could change nothing
+        elif wake is None:
+            passes = 1 << 40
+        self._trash_timer = now + passes * period
+
+    def _flush_nodest(self, now):
+        """ip_vs_expire_nodest_conn_flush: connections to deleted dests go at once."""
+        for cp in self.conn_list():
+            dest = cp.dest
+            if cp.dead or dest is None or dest.flags & IP_VS_DEST_F_AVAILABLE or cp.n_control:
+                continue
+            ct = cp.control
+            self._conn_del(cp, now)
+            if ct is not None and not ct.n_control and not ct.dead:
+                self._conn_del(ct, now)
+
+    def _conn_del(self, cp, now):
+        """ip_vs_conn_del: expire now; a controlled one takes its unused template along."""
+        if cp.control is not None:
+            cp.timeout = 0
+        self._conn_expire(cp, now)
 
     def zero(self, svc_spec=None):
         if svc_spec is not None:

@@ -644,3 +644,63 @@ def test_ip_options_travel_with_the_packet():
     del ref[TCP].chksum
     ref = IP(bytes(ref))
     assert (ref.chksum, ref[TCP].chksum) == (got.chksum, got[TCP].chksum)
+
+
+def _nat_director(**sysctls):
+    e = Engine(EngineConfig(**sysctls))
+    svc = ServiceSpec(6, bytes([198, 51, 100, 2]), 80, sched_name="rr")
+    e.add_service(svc)
+    return e, svc
+
+
+def _syn(flags="S", sport=1000):
+    return bytes(IP(src="203.0.113.7", dst="198.51.100.2") / TCP(sport=sport, dport=80, flags=flags))
+
+
+def test_reload_with_clear_and_restore_revives_real_servers_from_the_trash():
+    """ip_vs_trash_get_dest matches the dest's old service address, not the service object."""
+    e, svc = _nat_director()
+    e.add_dest(svc, DestSpec(bytes([192, 0, 2, 11]), 8080, conn_flags=0))
+    assert len(e.receive(_syn(), 1.0)) == 1
+    old = e.services[svc.key].destinations[0]
+    e.flush()                                              # ipvsadm -C ...
+    e.add_service(svc)                                     # ... then -R
+    e.add_dest(svc, DestSpec(bytes([192, 0, 2, 11]), 8080, conn_flags=0))
+    dest = e.services[svc.key].destinations[0]
+    assert dest is old and dest.activeconns == 1           # the connection's count is back
+    assert dest.stats.counters() == (0, 0, 0, 0, 0)        # rebound to a new service: counters restart
+    assert len(e.receive(_syn("A"), 2.0)) == 1             # and it keeps flowing
+
+
+def test_without_services_ipvs_sees_nothing():
+    e, svc = _nat_director()
+    e.add_dest(svc, DestSpec(bytes([192, 0, 2, 11]), 8080, conn_flags=0))
+    e.receive(_syn(), 1.0)
+    e.del_service(svc)
+    reply = bytes(IP(src="192.0.2.11", dst="203.0.113.7") / TCP(sport=8080, dport=1000, flags="SA"))
+    assert e.receive(reply, 2.0) == [] and e.drops["no_service"] == 1
+
+
+def test_expire_nodest_conn_flushes_connections_of_a_deleted_server():
+    for on in (0, 1):
+        e, svc = _nat_director(expire_nodest_conn=on)
+        e.add_dest(svc, DestSpec(bytes([192, 0, 2, 11]), 8080, conn_flags=0))
+        e.add_dest(svc, DestSpec(bytes([192, 0, 2, 12]), 8080, conn_flags=0))
+        e.receive(_syn(), 1.0)
+        e.del_dest(svc, DestSpec(bytes([192, 0, 2, 12]), 8080))   # rr's first pick was .12
+        e.expire(1.01)
+        assert len(e.conn_list()) == (0 if on else 1)
+
+
+def test_deleted_servers_leave_the_trash_on_the_kernels_timer():
+    """ip_vs_dest_trash_expire: a pass every 60 s; idle at one pass, freed 120 s after it."""
+    e, svc = _nat_director()
+    spec = DestSpec(bytes([192, 0, 2, 11]), 8080, conn_flags=0)
+    e.add_dest(svc, spec)
+    e.expire(0.0)
+    e.del_dest(svc, spec)                 # t=0: trash timer at 60
+    e.expire(60.0)                        # first pass: idle from now
+    e.expire(179.0)
+    assert len(e.trash) == 1              # 120 s after 60 is 180, and the pass is at 180
+    e.expire(180.0)
+    assert e.trash == [] and e.next_deadline() is not None
