@@ -23,9 +23,9 @@ def mtu_ok(engine, buf, mtu, tunnel, src=None):
     """ensure_mtu_is_adequate: a DF packet too big for the path gets frag-needed."""
     if tunnel and not engine.config.pmtu_disc:
         return True  # it will be fragmented instead
+    if engine.relaying_icmp:
+        return True  # ICMP errors are never refused for size; they are fragmented
     length = struct.unpack_from("!H", buf, 2)[0]
-    if engine._reasm is not None:
-        length = engine._reasm.max_size  # ip_vs_exceeds_mtu: the largest fragment counts
     if buf[6] & 0x40 and length > mtu:
         engine.send_icmp_error(buf, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu, src)
         engine.count_drop("frag_needed")

@@ -48,6 +48,9 @@ def _rewrite(buf, ihl, addr_off, port_off, addr, port, ip_d, l4_d):
 
 
 def xmit(engine, cp, buf, ihl):
+    if engine.short:
+        engine.count_drop("truncated")  # tcp/udp_dnat_handler: no header to rewrite
+        return None
     if not decrement_ttl(engine, buf) or not mtu_ok(engine, buf, engine.mtu, False):
         return None
     ip_d, l4_d, _, _ = _deltas(cp)
@@ -57,6 +60,9 @@ def xmit(engine, cp, buf, ihl):
 
 def reply(engine, cp, buf, ihl):
     """A real server's reply, forwarded to the client with the VIP as its source."""
+    if engine.short:
+        engine.count_drop("truncated")
+        return None
     if not forward_ok(engine, buf, engine.director_addr or cp.vaddr):
         return None
     _, _, ip_d, l4_d = _deltas(cp)

@@ -67,6 +67,7 @@ class ConnTable:
         self.conns = {}       # seq -> Connection, creation order
         self.by_in = {}
         self.by_out = {}
+        self.out_shadowed = {}  # reply key -> older connections under the indexed one
         self.templates = {}
         self._heap = []
         self._seq = 0
@@ -101,7 +102,13 @@ class ConnTable:
             self.templates[cp.in_key()] = cp
         else:
             self.by_in[cp.in_key()] = cp
-            self.by_out[cp.out_key()] = cp
+            key = cp.out_key()
+            older = self.by_out.get(key)
+            if older is not None and older is not cp:
+                # Two connections can share a reply key (one real server behind
+                # two VIPs): the kernel's hash chain finds the newest, then the next.
+                self.out_shadowed.setdefault(key, []).insert(0, older)
+            self.by_out[key] = cp
 
     def unhash(self, cp):
         """Remove from the lookup indexes, only where this very entry is indexed."""
@@ -114,8 +121,18 @@ class ConnTable:
             if self.by_in.get(key) is cp:
                 del self.by_in[key]
             key = cp.out_key()
+            shadowed = self.out_shadowed.get(key)
             if self.by_out.get(key) is cp:
-                del self.by_out[key]
+                if shadowed:
+                    self.by_out[key] = shadowed.pop(0)
+                    if not shadowed:
+                        del self.out_shadowed[key]
+                else:
+                    del self.by_out[key]
+            elif shadowed and cp in shadowed:
+                shadowed.remove(cp)
+                if not shadowed:
+                    del self.out_shadowed[key]
 
     def refresh(self, cp, now):
         """__ip_vs_conn_put_timer: the timer restarts at now + timeout."""

@@ -34,12 +34,13 @@ for _i in range(16):
 class Reassembled:
     """A whole datagram and what ip_do_fragment needs to cut it the same way again."""
 
-    __slots__ = ("packet", "pieces", "max_size")
+    __slots__ = ("packet", "pieces", "max_size", "pmtu")
 
-    def __init__(self, packet, pieces, max_size):
+    def __init__(self, packet, pieces, max_size, pmtu):
         self.packet = packet
         self.pieces = pieces      # payload lengths of the fragments, in offset order
         self.max_size = max_size  # IPCB(skb)->frag_max_size
+        self.pmtu = pmtu          # IPSKB_FRAG_PMTU: every fragment had DF
 
 
 class _Queue:
@@ -113,12 +114,11 @@ class Reassembler:
             self._kill(key)
             return "fragment_invalid"
         payload = payload[:end - offset]
-        for o, e, _, _ in q.frags:
-            if offset >= o and end <= e:
-                return "fragment_duplicate"
-            if offset < e and end > o:
-                self._kill(key)
-                return "fragment_overlap"
+        verdict = _place(q.frags, offset, end)
+        if verdict == "fragment_overlap":
+            self._kill(key)
+        if verdict:
+            return verdict
         q.frags.append((offset, end, bytes(buf[:ihl]), payload))
         q.frags.sort(key=lambda f: f[0])
         q.meat += len(payload)
@@ -150,7 +150,38 @@ class Reassembler:
         struct.pack_into("!H", header, 10, 0)
         struct.pack_into("!H", header, 10, checksum(header))
         packet = bytes(header) + b"".join(f[3] for f in q.frags)
-        return Reassembled(packet, [len(f[3]) for f in q.frags], max(q.max_df_size, q.max_size))
+        return Reassembled(packet, [len(f[3]) for f in q.frags], max(q.max_df_size, q.max_size),
+                           q.max_df_size == q.max_size)
+
+
+def _place(frags, offset, end):
+    """inet_frag_queue_insert: None if [offset, end) can go in, else why not.
+
+    The kernel keeps runs of contiguous fragments: a fragment inside one run
+    is a duplicate (only it is dropped), one that straddles data it holds is
+    an overlap (the whole datagram is dropped)."""
+    if not frags:
+        return None
+    last_end = frags[-1][1]
+    if last_end < end:
+        return "fragment_overlap" if offset < last_end else None
+    start = run_end = None
+    for o, e, _, _ in frags:
+        if start is not None and o == run_end:
+            run_end = e  # the run goes on
+            continue
+        if start is not None and _clash(offset, end, start, run_end):
+            return _clash(offset, end, start, run_end)
+        start, run_end = o, e
+    return _clash(offset, end, start, run_end)
+
+
+def _clash(offset, end, start, run_end):
+    if end <= start or offset >= run_end:
+        return None
+    if offset >= start and end <= run_end:
+        return "fragment_duplicate"
+    return "fragment_overlap"
 
 
 def _frag_header(header, total, offset, more, keep_df, first):
@@ -214,11 +245,13 @@ def fragment(packet, mtu, reasm=None):
         first = pieces[0]
     else:
         pieces = [first] + list(pieces[1:])
+    # DF: never on the fast path (ip_fraglist_init sets just MF); on the slow
+    # path only when every fragment received had it (IPSKB_FRAG_PMTU).
+    keep_df = not fast and reasm is not None and reasm.pmtu
     out, offset = [], 0
     for i, n in enumerate(pieces):
         more = i < len(pieces) - 1
-        # The fast path keeps DF on the first fragment only, the slow one on all.
-        hdr = _frag_header(header, hlen + n, offset, more, i == 0 or not fast, i == 0)
+        hdr = _frag_header(header, hlen + n, offset, more, keep_df, i == 0)
         out.append(hdr + data[offset:offset + n])
         offset += n
     return out

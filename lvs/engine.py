@@ -25,7 +25,7 @@ from .conntab import IP_VS_CTPL_S_ASSURED, ConnTable
 from .control import (ADD_DEST, ADD_SERVICE, DEL_DEST, DEL_SERVICE, EDIT_DEST,
                       EDIT_SERVICE, FLUSH, SET_TIMEOUT, ZERO)
 from .errors import ConfigError
-from .flags import (IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_INACTIVE,
+from .flags import (IP_VS_CONN_F_BYPASS, IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_INACTIVE,
                     IP_VS_CONN_F_MASQ, IP_VS_CONN_F_NOOUTPUT, IP_VS_CONN_F_ONE_PACKET,
                     IP_VS_CONN_F_TEMPLATE, IP_VS_CONN_F_TUNNEL, IP_VS_DEST_F_AVAILABLE,
                     IP_VS_SVC_F_ONEPACKET, IP_VS_SVC_F_PERSISTENT, IPPROTO_ICMP,
@@ -36,7 +36,7 @@ from .service import Dest, Service
 from .stats import ESTIMATOR_PERIOD, Stats
 from .verdicts import Transmit
 from .defrag import Reassembler, fragment
-from forwarders import dr, nat, tunnel
+from forwarders import bypass, dr, nat, tunnel
 
 ICMP_EXC_FRAGTIME = 1
 
@@ -54,7 +54,7 @@ UDP_TIMEOUT = 5 * 60
 CONN_TAB_SIZE = 4096
 ZERO_ADDR = b"\0\0\0\0"
 
-_XMIT = {IP_VS_CONN_F_MASQ: nat.xmit, IP_VS_CONN_F_TUNNEL: tunnel.xmit,
+_XMIT = {IP_VS_CONN_F_MASQ: nat.xmit, IP_VS_CONN_F_TUNNEL: tunnel.xmit, IP_VS_CONN_F_BYPASS: bypass.xmit,
          IP_VS_CONN_F_DROUTE: dr.xmit}
 
 EINVAL_TEXT = "Invalid operation.  Possibly wrong module version, address not unicast, ..."
@@ -85,6 +85,7 @@ class Engine:
         self.tot_stats = Stats()
         self.trash = []                     # deleted dests kept while connections use them
         self._trash_timer = None
+        self._drop_counter = 0
         self._nodest_flush = None
         self.tcp_timeouts = list(proto_tcp.TIMEOUTS)
         self.udp_timeout = UDP_TIMEOUT
@@ -95,6 +96,8 @@ class Engine:
         self._ident = {}
         self.defrag = Reassembler()
         self.fragments_held = 0             # fragments queued for reassembly (not drops)
+        self.relaying_icmp = False          # ip_vs_iph_icmp: an ICMP error is being relayed
+        self.short = False                  # the packet in hand has a cut TCP/UDP header
         self._reasm = None                  # the datagram in hand, if it came in fragments
         self._timer_out = []
         self._icmp_peers = {}               # client address -> [tokens, last] (inet_peer)
@@ -240,6 +243,7 @@ class Engine:
         """Handle one IPv4 packet arriving at the director; return the Transmits it causes."""
         self._out = out = self.expire(now)
         self._reasm = None
+        self.short = False
         try:
             self._receive(packet)
         except Exception:  # a bug must not take the director down: count it
@@ -310,14 +314,13 @@ class Engine:
         proto = buf[9]
         if proto == IPPROTO_ICMP:
             return self._icmp(buf, ihl)
-        if proto == IPPROTO_TCP:
-            if tot_len - ihl < 20:
-                return self.count_drop("truncated")
-        elif proto == IPPROTO_UDP:
-            if tot_len - ihl < 8:
-                return self.count_drop("truncated")
-        else:
+        if proto != IPPROTO_TCP and proto != IPPROTO_UDP:
             return self.count_drop("unknown_protocol")
+        if tot_len - ihl < 4:
+            return self.count_drop("truncated")  # not even the ports to look up
+        # A header cut short still finds its connection and is counted; then
+        # the TCP state stays as it was, and NAT, which must rewrite it, drops it.
+        self.short = tot_len - ihl < (20 if proto == IPPROTO_TCP else 8)
         saddr = bytes(buf[12:16])
         daddr = bytes(buf[16:20])
         sport = (buf[ihl] << 8) | buf[ihl + 1]
@@ -328,11 +331,19 @@ class Engine:
         cp = tab.by_out.get((proto, saddr, sport, daddr, dport))
         if cp is not None:
             return self._handle_response(cp, buf, ihl, proto)
+        if self.config.nat_icmp_send:
+            dest = self._real_service(proto, saddr, sport)
+            if dest is not None and not (proto == IPPROTO_TCP and not self.short
+                                         and buf[ihl + 13] & proto_tcp.RST):
+                # A NAT real server talks on a connection we do not know: tell it.
+                self.send_icmp_error(buf, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0,
+                                     self.director_addr or dest.svc.addr)
+                return self.count_drop("nat_icmp_send")
 
         # ip_vs_in_hook
         cp = tab.by_in.get((proto, saddr, sport, daddr, dport))
         config = self.config
-        if cp is not None and proto == IPPROTO_TCP and buf[ihl + 13] & proto_tcp.SYN:
+        if cp is not None and proto == IPPROTO_TCP and not self.short and buf[ihl + 13] & proto_tcp.SYN:
             cp = self._conn_reuse(cp)
         if cp is not None and cp.dest is not None and not cp.dest.flags & IP_VS_DEST_F_AVAILABLE:
             if config.expire_nodest_conn:
@@ -398,6 +409,8 @@ class Engine:
             if direction == proto_tcp.DIR_OUTPUT:
                 self._assure_ct(cp)
             return
+        if self.short:
+            return  # tcp_state_transition: no header, no transition
         # set_tcp_state
         if cp.flags & IP_VS_CONN_F_NOOUTPUT:
             if direction == proto_tcp.DIR_OUTPUT:
@@ -452,6 +465,8 @@ class Engine:
 
     def _conn_schedule(self, buf, ihl, proto, saddr, daddr, sport, dport):
         """tcp_conn_schedule / udp_conn_schedule and ip_vs_schedule."""
+        if self.short:
+            return self.count_drop("truncated")  # tcp/udp_conn_schedule: no header
         if proto == IPPROTO_TCP:
             flags = buf[ihl + 13]
             if flags & proto_tcp.RST or not (self.config.sloppy_tcp or flags & proto_tcp.SYN):
@@ -460,12 +475,35 @@ class Engine:
         svc = self._service_find(proto, daddr, dport)
         if svc is None:
             return self.count_drop("no_service")
+        if self._todrop():
+            return self.count_drop("drop_packet")
         if sport == 20:  # never schedule active FTP data from a real server
             return self.count_drop("ftp_data")
         cp = self._schedule(svc, PacketInfo(proto, saddr, daddr, sport, dport))
         if cp is None:
             self._leave(svc, buf, dport)
         return cp
+
+    def _real_service(self, proto, addr, port):
+        """ip_vs_has_real_service: a NAT real server at addr:port."""
+        for svc in self.services.values():
+            if svc.protocol == proto or svc.fwmark:
+                for dest in svc.destinations:
+                    if (dest.addr == addr and dest.port == port
+                            and dest.conn_flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_MASQ):
+                        return dest
+        return None
+
+    def _todrop(self):
+        """ip_vs_todrop: the drop_packet defense drops one new connection in
+        am_droprate; only its "always" mode (3) is ever on without memory pressure."""
+        if self.config.drop_packet != 3 or self.config.am_droprate <= 0:
+            return False
+        self._drop_counter -= 1
+        if self._drop_counter > 0:
+            return False
+        self._drop_counter = self.config.am_droprate
+        return True
 
     def _schedule(self, svc, pkt):
         """ip_vs_schedule: a new connection (and template) for svc, or None."""
@@ -482,6 +520,20 @@ class Engine:
                               dest.port or pkt.dport, flags, dest, svc.fwmark, self.now)
         self._conn_stats(cp, svc)
         return cp
+
+    def _bypass(self, svc, buf):
+        """A cache_bypass connection: no real server, the packet goes where it was sent."""
+        ihl = (buf[0] & 0x0F) * 4
+        proto = buf[9]
+        sport, dport = struct.unpack_from("!HH", buf, ihl)
+        flags = IP_VS_CONN_F_BYPASS | (IP_VS_CONN_F_ONE_PACKET if (
+            svc.flags & IP_VS_SVC_F_ONEPACKET and proto == IPPROTO_UDP) else 0)
+        cp = self.conntab.new(proto, bytes(buf[12:16]), sport, bytes(buf[16:20]), dport,
+                              ZERO_ADDR, 0, flags, None, svc.fwmark, self.now)
+        self._set_state(cp, buf, ihl, proto_tcp.DIR_INPUT)
+        self.transmit(cp, buf, ihl)
+        cp.in_pkts += 1
+        self._conn_put(cp)
 
     def _sched_persist(self, svc, pkt):
         """ip_vs_sched_persist: connections follow the client's template."""
@@ -535,6 +587,10 @@ class Engine:
 
     def _leave(self, svc, buf, dport):
         """ip_vs_leave: no real server, so the client hears port unreachable."""
+        daddr = bytes(buf[16:20])
+        if (self.config.cache_bypass and svc.fwmark and 0 < daddr[0] < 224
+                and daddr != b"\xff\xff\xff\xff"):
+            return self._bypass(svc, buf)
         if svc.port == FTPPORT and dport != FTPPORT:
             return self.count_drop("no_service")
         self.send_icmp_error(buf, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0)

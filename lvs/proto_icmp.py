@@ -19,7 +19,7 @@ the director's own business and is not forwarded.
 import struct
 
 from forwarders import nat
-from forwarders._common import decrement_ttl, mtu_ok
+from forwarders._common import decrement_ttl
 
 from .checksum import checksum
 from .flags import IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_MASQ, IP_VS_CONN_F_TUNNEL
@@ -157,17 +157,21 @@ def handle(engine, buf, ihl):
             info = mtu
         # icmp_send about the client's packet, from the address it was sent to.
         engine.send_icmp_error(bytearray(buf[inner:]), icmp_type, code, info)
-        engine._out_stats(cp, length)
+        engine._out_stats(cp, length - inner)  # counted from the quoted request on
         engine.count_drop("icmp_consumed")
         return
 
     engine._in_stats(cp, length)
     method = cp.flags & IP_VS_CONN_F_FWD_MASK
-    if method != IP_VS_CONN_F_MASQ:
-        engine.transmit(cp, buf, ihl)
-    elif decrement_ttl(engine, buf) and mtu_ok(engine, buf, engine.path_mtu(cp.dest), False):
-        _nat_icmp(buf, ihl, inner, False, cp)
-        engine.output(cp.daddr, bytes(buf), engine.path_mtu(cp.dest))
+    engine.relaying_icmp = True
+    try:
+        if method != IP_VS_CONN_F_MASQ:
+            engine.transmit(cp, buf, ihl)
+        elif decrement_ttl(engine, buf):
+            _nat_icmp(buf, ihl, inner, False, cp)
+            engine.output(cp.daddr, bytes(buf), engine.path_mtu(cp.dest))
+    finally:
+        engine.relaying_icmp = False
     cp.in_pkts += 1
     if new:
         engine._conn_put(cp)

@@ -704,3 +704,92 @@ def test_deleted_servers_leave_the_trash_on_the_kernels_timer():
     assert len(e.trash) == 1              # 120 s after 60 is 180, and the pass is at 180
     e.expire(180.0)
     assert e.trash == [] and e.next_deadline() is not None
+
+
+def test_nat_icmp_send_tells_a_real_server_about_unknown_connections():
+    """ip_vs_out_hook with nat_icmp_send: port unreachable back to the real server, not for RST."""
+    for on in (0, 1):
+        e, svc = _nat_director(nat_icmp_send=on)
+        e.add_dest(svc, DestSpec(bytes([192, 0, 2, 11]), 8080, conn_flags=0))
+        stray = bytes(IP(src="192.0.2.11", dst="203.0.113.7") / TCP(sport=8080, dport=1000, flags="A"))
+        out = e.receive(stray, 1.0)
+        if not on:
+            assert out == []
+            continue
+        err = IP(out[0].packet)
+        assert out[0].nexthop == bytes([192, 0, 2, 11])
+        assert (err.dst, err[ICMP].type, err[ICMP].code) == ("192.0.2.11", 3, 3)
+        rst = bytes(IP(src="192.0.2.11", dst="203.0.113.7") / TCP(sport=8080, dport=1000, flags="R"))
+        assert e.receive(rst, 10.0) == []
+        assert e.drops["nat_icmp_send"] == 1
+
+
+def test_drop_packet_always_drops_one_new_connection_in_am_droprate():
+    """ip_vs_todrop with drop_packet=3: the 1st, 11th, 21st... new connection is dropped."""
+    e, svc = _nat_director(drop_packet=3)
+    e.add_dest(svc, DestSpec(bytes([192, 0, 2, 11]), 8080, conn_flags=0))
+    sent = [bool(e.receive(_syn(sport=2000 + i), 1.0)) for i in range(22)]
+    assert [i for i, ok in enumerate(sent) if not ok] == [0, 10, 20]
+    assert e.drops["drop_packet"] == 3
+
+
+def test_cache_bypass_routes_an_unserved_fwmark_packet_on():
+    """ip_vs_leave + ip_vs_bypass_xmit: no real server, cache_bypass on: on to its own address."""
+    for on in (0, 1):
+        e = Engine(EngineConfig(cache_bypass=on), fwmark=lambda p, a, port: 5)
+        e.add_service(ServiceSpec(0, bytes(4), 0, fwmark=5, sched_name="rr"))
+        pkt = bytes(IP(src="203.0.113.7", dst="192.0.2.50", ttl=9) / TCP(sport=1000, dport=80, flags="S"))
+        out = e.receive(pkt, 1.0)
+        got = IP(out[0].packet)
+        if not on:
+            assert got[ICMP].type == 3 and e.drops["no_dest"] == 1
+            continue
+        assert out[0].nexthop == bytes([192, 0, 2, 50]) and got.dst == "192.0.2.50" and got.ttl == 8
+        assert len(e.conn_list()) == 1 and e.conn_list()[0].dest is None
+
+
+def test_replies_sharing_a_key_fall_back_to_the_older_connection():
+    """ip_vs_conn_out_get walks the chain: when the newer entry goes, the older answers."""
+    e = Engine()
+    for vport in (80, 81):
+        svc = ServiceSpec(6, bytes([198, 51, 100, 2]), vport, sched_name="rr")
+        e.add_service(svc)
+        e.add_dest(svc, DestSpec(bytes([192, 0, 2, 11]), 8080, conn_flags=0))
+    e.receive(bytes(IP(src="203.0.113.7", dst="198.51.100.2") / TCP(sport=1000, dport=80, flags="S")), 1.0)
+    e.receive(bytes(IP(src="203.0.113.7", dst="198.51.100.2") / TCP(sport=1000, dport=81, flags="S")), 2.0)
+    e.receive(bytes(IP(src="203.0.113.7", dst="198.51.100.2") / TCP(sport=1000, dport=81, flags="A")), 3.0)
+    e.receive(bytes(IP(src="203.0.113.7", dst="198.51.100.2") / TCP(sport=1000, dport=81, flags="R")), 4.0)
+    e.expire(14.5)                                  # the port-81 connection (CLOSE, 10 s) is gone
+    reply = bytes(IP(src="192.0.2.11", dst="203.0.113.7") / TCP(sport=8080, dport=1000, flags="SA"))
+    out = e.receive(reply, 15.0)
+    assert len(out) == 1 and IP(out[0].packet)[TCP].sport == 80
+
+
+def test_a_cut_tcp_header_on_a_known_connection_is_counted_then_handled_by_method():
+    """The lookup needs the ports only; the state stays; DR forwards it, NAT drops it."""
+    for method, forwarded in ((3, True), (0, False)):
+        e, svc = _nat_director()
+        e.add_dest(svc, DestSpec(bytes([192, 0, 2, 11]), 80 if method == 3 else 8080, conn_flags=method))
+        e.receive(_syn(), 1.0)
+        cp = e.conn_list()[0]
+        state = cp.state
+        tcp14 = bytes(TCP(sport=1000, dport=80, flags="A"))[:14]  # ports, seq, ack, flags: no window
+        out = e.receive(bytes(IP(src="203.0.113.7", dst="198.51.100.2", proto=6) / tcp14), 2.0)
+        assert bool(out) is forwarded and cp.state == state
+        assert e.services[svc.key].destinations[0].stats.counters()[1] == 2  # both packets counted
+
+
+def test_duplicate_inside_a_run_of_fragments_is_only_itself_dropped():
+    """inet_frag_queue_insert checks runs of contiguous fragments, not single ones."""
+    from lvs.defrag import Reassembler
+    r = Reassembler()
+
+    def frag(off, data, more=True):
+        return bytearray(bytes(IP(src="203.0.113.7", dst="198.51.100.2", id=9, proto=17,
+                                  flags="MF" if more else 0, frag=off // 8) / data))
+
+    assert r.add(frag(0, b"a" * 16), 20, 1.0) is None
+    assert r.add(frag(16, b"b" * 16), 20, 1.0) is None
+    assert r.add(frag(8, b"c" * 16), 20, 1.0) == "fragment_duplicate"
+    done = r.add(frag(32, b"d" * 16, more=False), 20, 1.0)
+    assert bytes(done.packet)[20:] == b"a" * 16 + b"b" * 16 + b"d" * 16
