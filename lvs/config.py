@@ -44,8 +44,9 @@ DEFAULTS = {
 
 HONOURED = frozenset({
     "conn_reuse_mode", "expire_nodest_conn", "expire_quiescent_template",
-    "nat_icmp_send", "secure_tcp", "sloppy_tcp", "schedule_icmp",
-    "lblc_expiration", "lblcr_expiration", "run_estimation", "pmtu_disc",
+    "nat_icmp_send", "secure_tcp", "sloppy_tcp", "schedule_icmp", "cache_bypass",
+    "drop_packet", "am_droprate", "lblc_expiration", "lblcr_expiration",
+    "run_estimation", "pmtu_disc",
 })
 
 # Ranges the kernel's handlers enforce (proc_dointvec_minmax, proc_do_defense_mode).
