@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -26,8 +27,17 @@ def lvs(*args, env=None, input=None):
 def sock(tmp_path):
     path = str(tmp_path / "run" / "lvs.sock")
     yield path
-    if ctl.alive(path):
+    try:
+        pid = ctl.request(path, {"op": "ping"}, timeout=5)["pid"]
+    except (ctl.NoDaemon, OSError, ValueError):
+        return
+    try:
         lvs("daemon", "--socket", path, "--stop")
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)  # only ours, by its PID, if --stop failed
+        except ProcessLookupError:
+            pass
 
 
 def test_detach_ping_and_stop(sock):

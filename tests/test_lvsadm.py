@@ -29,9 +29,22 @@ def sock(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lvs", "daemon", "--socket", path, "--clock", "capture",
                         "--detach"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+    pid = ctl.request(path, {"op": "ping"})["pid"]
     yield path
-    subprocess.run([sys.executable, "-m", "lvs", "daemon", "--socket", path, "--stop"],
-                   capture_output=True, timeout=60, cwd=ROOT)
+    try:
+        subprocess.run([sys.executable, "-m", "lvs", "daemon", "--socket", path, "--stop"],
+                       capture_output=True, timeout=30, cwd=ROOT)
+    finally:
+        _kill(pid)
+
+
+def _kill(pid):
+    """A daemon that did not stop (a failed test may leave it busy) ends by its PID."""
+    import signal
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def test_the_tutorial_sequence(sock):
