@@ -57,20 +57,21 @@ _RANGES = {
 
 
 class EngineConfig:
-    """The sysctl table of one network namespace's IPVS."""
+    """The sysctl table of one network namespace's IPVS.
 
-    __slots__ = ("values",)
+    Each sysctl is a plain attribute (config.conn_reuse_mode), read on the
+    packet path; set() is the one way to change it, with the kernel's checks.
+    """
 
     def __init__(self, **overrides):
-        self.values = dict(DEFAULTS)
+        self.__dict__.update(DEFAULTS)
+        self.secure_tcp_on = False
         for name, value in overrides.items():
             self.set(name, value)
 
-    def __getattr__(self, name):
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    @property
+    def values(self):
+        return {name: self.__dict__[name] for name in DEFAULTS}
 
     def set(self, name, value):
         """Set one sysctl; `value` may be the text written to /proc."""
@@ -89,10 +90,7 @@ class EngineConfig:
         lo_hi = _RANGES.get(name)
         if lo_hi and not lo_hi[0] <= parsed <= lo_hi[1]:
             raise ConfigError("invalid value %r for sysctl %s" % (value, name))
-        self.values[name] = parsed
-
-    # The defense modes are on at 3 ("always"); 1 and 2 follow memory
-    # pressure, which a userspace table never reaches, so they stay off.
-    @property
-    def secure_tcp_on(self):
-        return self.values["secure_tcp"] == 3
+        self.__dict__[name] = parsed
+        # The defense modes are on at 3 ("always"); 1 and 2 follow memory
+        # pressure, which a userspace table never reaches, so they stay off.
+        self.secure_tcp_on = self.__dict__["secure_tcp"] == 3
