@@ -205,8 +205,8 @@ def test_mh_constants():
 
 def test_mh_hashkey_is_hsiphash_of_the_u32_sum():
     # v = offset + ntohs(port) + ntohl(addr), hashed as 4 little-endian bytes.
-    v = (7 + 80 + 0x0A000001) & 0xFFFFFFFF
-    assert mh_hashkey(ip("10.0.0.1"), 80, HASH1, 7) == hsiphash(v.to_bytes(4, "little"), HASH1)
+    v = (7 + 80 + 0xC000020B) & 0xFFFFFFFF
+    assert mh_hashkey(ip("192.0.2.11"), 80, HASH1, 7) == hsiphash(v.to_bytes(4, "little"), HASH1)
     v = (5 + 0xFFFF + 0xFFFFFFFF) & 0xFFFFFFFF  # wraps in unsigned int
     assert mh_hashkey(ip("255.255.255.255"), 0xFFFF, HASH2, 5) == hsiphash(
         v.to_bytes(4, "little"), HASH2)
