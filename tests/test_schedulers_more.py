@@ -20,7 +20,7 @@ from lvs.config import EngineConfig  # noqa: E402
 from lvs.control import DestSpec, ServiceSpec  # noqa: E402
 from lvs.errors import ConfigError  # noqa: E402
 from lvs.flags import (  # noqa: E402
-    IP_VS_DEST_F_AVAILABLE, IP_VS_DEST_F_OVERLOAD, IP_VS_SVC_F_SCHED1, IP_VS_SVC_F_SCHED2,
+    IP_VS_DEST_F_OVERLOAD, IP_VS_SVC_F_SCHED1, IP_VS_SVC_F_SCHED2,
 )
 from lvs.registry import scheduler_class  # noqa: E402
 from lvs.service import Dest, Service  # noqa: E402
@@ -30,27 +30,11 @@ from schedulers._hashing import (  # noqa: E402
 )
 from schedulers.mh import HASH1, HASH2, IP_VS_MH_TAB_SIZE, build_table, mh_hashkey  # noqa: E402
 from schedulers.twos import Draws, get_random_u32_below  # noqa: E402
+from helpers import VIP, Pkt, Rig, ip, seq  # noqa: E402
 
-VIP = b"\xcb\x00\x71\xc8"  # 203.0.113.200
 MH_FALLBACK = IP_VS_SVC_F_SCHED1
 MH_PORT = IP_VS_SVC_F_SCHED2
 M = IP_VS_MH_TAB_SIZE
-
-
-def ip(text):
-    return bytes(int(x) for x in text.split("."))
-
-
-def seq(text):
-    return text.split()
-
-
-class Pkt:
-    __slots__ = ("saddr", "daddr", "sport", "dport", "protocol")
-
-    def __init__(self, saddr=b"\x01\x02\x03\x04", daddr=VIP, sport=1000, dport=80, protocol=6):
-        self.saddr, self.daddr, self.sport, self.dport, self.protocol = (
-            saddr, daddr, sport, dport, protocol)
 
 
 def src(a, port=1000, proto=6):
@@ -65,65 +49,6 @@ class Scripted:
 
     def u32(self):
         return self.words.pop(0)
-
-
-class Rig:
-    """A service with one scheduler; dests named by letters."""
-
-    def __init__(self, name, flags=0, config=None, protocol=6):
-        self.svc = Service(protocol, VIP, 80)
-        self.svc.flags = flags
-        self.sched = scheduler_class(name)(self.svc, config)
-        self.names = {}
-        self.by_name = {}
-
-    def add(self, name, weight=1, addr=None, act=0, inact=0, overload=False, port=80):
-        addr = addr or bytes([10, 0, 0, len(self.names) + 1])
-        d = Dest(self.svc, addr, port)
-        d.weight = d.last_weight = weight
-        d.flags |= IP_VS_DEST_F_AVAILABLE
-        if overload:
-            d.flags |= IP_VS_DEST_F_OVERLOAD
-        d.activeconns, d.inactconns = act, inact
-        self.svc.destinations.insert(0, d)
-        self.names[id(d)] = name
-        self.by_name[name] = d
-        self.sched.add_dest(self.svc, d)
-        return d
-
-    def __getitem__(self, name):
-        return self.by_name[name]
-
-    def delete(self, name):
-        d = self.by_name.pop(name)
-        self.svc.destinations.remove(d)
-        d.flags &= ~IP_VS_DEST_F_AVAILABLE
-        self.sched.del_dest(self.svc, d)
-
-    def edit(self, name, weight):
-        """ip_vs_edit_dest: last_weight follows only a non-zero weight."""
-        d = self.by_name[name]
-        if weight != 0:
-            d.last_weight = weight
-        d.weight = weight
-        self.sched.upd_dest(self.svc, d)
-
-    def overload(self, name, on=True):
-        d = self.by_name[name]
-        d.flags = d.flags | IP_VS_DEST_F_OVERLOAD if on else d.flags & ~IP_VS_DEST_F_OVERLOAD
-
-    def pick(self, pkt=None, now=0.0):
-        d = self.sched.schedule(self.svc, pkt or Pkt(), now)
-        return None if d is None else self.names[id(d)]
-
-    def picks(self, n, pkt=None):
-        return [self.pick(pkt) for _ in range(n)]
-
-    def table_names(self):
-        return [None if d is None else self.names.get(id(d), "?") for d in self.sched.table]
-
-    def shares(self):
-        return dict(Counter(self.table_names()))
 
 
 # ================================================================ SipHash
@@ -454,7 +379,7 @@ def test_mh_engine_integration():
 
 def test_mh_too_many_dests_at_init():
     svc = Service(6, VIP, 80)
-    svc.destinations = [Dest(svc, bytes([10, (i >> 8) & 255, i & 255, 1]), 80)
+    svc.destinations = [Dest(svc, bytes([198, 51, (i >> 8) & 255, i & 255]), 80)
                         for i in range(M + 1)]
     with pytest.raises(ConfigError):
         scheduler_class("mh")(svc, None)

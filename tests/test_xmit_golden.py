@@ -13,7 +13,6 @@ The cases run in order on one engine, as they ran on one director.
 
 import json
 import os
-import struct
 
 import pytest
 
@@ -23,6 +22,7 @@ from scapy.layers.inet import ICMP, IP  # noqa: E402
 from lvs.checksum import checksum  # noqa: E402
 from lvs.control import DestSpec, ServiceSpec  # noqa: E402
 from lvs.engine import Engine  # noqa: E402
+from helpers import ip as aton, ipv4_of, ntoa  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(HERE, "data", "golden", "xmit.json")) as f:
@@ -39,22 +39,6 @@ CLIENT = TOPO["client_spoofed_src"]
 # expire columns of its listings (see test_ttl1_listing_matches_kernel).
 T_TCP, T_UDP, T_TTL1, T_LIST = 0.0, 2.0, 8.0, 11.5
 T0 = 5000.0
-
-
-def aton(text):
-    return bytes(int(x) for x in text.split("."))
-
-
-def ntoa(raw):
-    return ".".join(str(b) for b in raw)
-
-
-def ipv4_of(frame):
-    """The IPv4 packet inside an Ethernet frame record (link padding trimmed)."""
-    raw = bytes.fromhex(frame["hex"])
-    assert raw[12:14] == b"\x08\x00"
-    ip = raw[14:]
-    return ip[:struct.unpack_from("!H", ip, 2)[0]]
 
 
 def translate(setup):

@@ -35,6 +35,7 @@ import pytest
 from lvs.checksum import checksum
 from lvs.control import DestSpec, ServiceSpec
 from lvs.engine import Engine
+from helpers import ip as aton, ipv4_of, ntoa  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(HERE, "data", "golden", "xmit-more.json")) as f:
@@ -49,22 +50,6 @@ HZ = TOPO["config_hz"]
 MACS = {k: bytes.fromhex(v.replace(":", "")) for k, v in TOPO["macs"].items()}
 T0 = 5000.0
 LOCAL_PORT_MIN, LOCAL_PORT_MAX = (int(x) for x in TOPO["sysctls_director"]["net.ipv4.ip_local_port_range"].split())
-
-
-def aton(text):
-    return bytes(int(x) for x in text.split("."))
-
-
-def ntoa(raw):
-    return ".".join(str(b) for b in raw)
-
-
-def ipv4_of(frame):
-    """The IPv4 packet inside an Ethernet frame record (link padding trimmed)."""
-    raw = bytes.fromhex(frame["hex"])
-    assert raw[12:14] == b"\x08\x00"
-    ip = raw[14:]
-    return ip[:struct.unpack_from("!H", ip, 2)[0]]
 
 
 def src_mac(frame):
