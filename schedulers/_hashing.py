@@ -239,3 +239,30 @@ def hsiphash_1u32(first, key):
     v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
     v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
     return (v0 ^ v1 ^ v2 ^ v3) & 0xFFFFFFFF
+
+
+class LocalityScheduler:
+    """What lblc and lblcr share: a table keyed by destination address, swept
+    by the kernel's periodic timer, emptied with the service. Subclasses set
+    TAB_BITS and EXPIRATION_SYSCTL (the sysctl naming the idle lifetime)."""
+
+    TAB_BITS = 10
+    EXPIRATION_SYSCTL = ""
+    DEFAULT_EXPIRATION = 24 * 60 * 60
+
+    def _init_table(self, now):
+        self.entries = {}  # daddr (4 bytes) -> entry with .lastuse
+        self.timer = ExpireTimer(self.TAB_BITS, now)
+        self.dead = False
+
+    def _expiration(self):
+        if self.config is None:
+            return self.DEFAULT_EXPIRATION
+        return getattr(self.config, self.EXPIRATION_SYSCTL)
+
+    def tick(self, now):
+        self.timer.run_until(now, self.entries, self._expiration())
+
+    def done_service(self, svc):
+        self.dead = True
+        self.entries.clear()

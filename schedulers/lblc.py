@@ -18,10 +18,9 @@ from lvs.flags import IP_VS_DEST_F_AVAILABLE
 from lvs.registry import register_scheduler
 
 from ._base import Scheduler
-from ._hashing import ExpireTimer, wlc_pick
+from ._hashing import LocalityScheduler, wlc_pick
 
 IP_VS_LBLC_TAB_BITS = 10
-DEFAULT_EXPIRATION = 24 * 60 * 60
 
 
 def is_overloaded(dest, svc):
@@ -42,24 +41,14 @@ class _Entry:
 
 
 @register_scheduler
-class LocalityLeastConnection(Scheduler):
+class LocalityLeastConnection(LocalityScheduler, Scheduler):
     name = "lblc"
+    TAB_BITS = IP_VS_LBLC_TAB_BITS
+    EXPIRATION_SYSCTL = "lblc_expiration"
 
     def __init__(self, svc, config=None, now=None):
         super().__init__(svc, config)
-        self.entries = {}  # daddr (4 bytes) -> _Entry
-        self.timer = ExpireTimer(IP_VS_LBLC_TAB_BITS, now)
-        self.dead = False
-
-    def _expiration(self):
-        return self.config.lblc_expiration if self.config is not None else DEFAULT_EXPIRATION
-
-    def tick(self, now):
-        self.timer.run_until(now, self.entries, self._expiration())
-
-    def done_service(self, svc):
-        self.dead = True
-        self.entries.clear()
+        self._init_table(now)
 
     def schedule(self, svc, pkt, now):
         self.tick(now)  # timer runs due before this packet come first

@@ -15,11 +15,10 @@ from lvs.flags import IP_VS_DEST_F_AVAILABLE, IP_VS_DEST_F_OVERLOAD
 from lvs.registry import register_scheduler
 
 from ._base import Scheduler
-from ._hashing import ExpireTimer, wlc_pick
+from ._hashing import LocalityScheduler, wlc_pick
 from .lblc import is_overloaded
 
 IP_VS_LBLCR_TAB_BITS = 10
-DEFAULT_EXPIRATION = 24 * 60 * 60
 
 
 def _overhead(dest):
@@ -72,24 +71,14 @@ def set_max(dests):
 
 
 @register_scheduler
-class LocalityLeastConnectionReplicated(Scheduler):
+class LocalityLeastConnectionReplicated(LocalityScheduler, Scheduler):
     name = "lblcr"
+    TAB_BITS = IP_VS_LBLCR_TAB_BITS
+    EXPIRATION_SYSCTL = "lblcr_expiration"
 
     def __init__(self, svc, config=None, now=None):
         super().__init__(svc, config)
-        self.entries = {}  # daddr (4 bytes) -> _Entry
-        self.timer = ExpireTimer(IP_VS_LBLCR_TAB_BITS, now)
-        self.dead = False
-
-    def _expiration(self):
-        return self.config.lblcr_expiration if self.config is not None else DEFAULT_EXPIRATION
-
-    def tick(self, now):
-        self.timer.run_until(now, self.entries, self._expiration())
-
-    def done_service(self, svc):
-        self.dead = True
-        self.entries.clear()
+        self._init_table(now)
 
     def schedule(self, svc, pkt, now):
         self.tick(now)
