@@ -34,7 +34,3 @@ def scheduler_class(name):
     if cls is None:
         raise ConfigError(NOT_FOUND)
     return cls
-
-
-def known_schedulers():
-    return sorted(_schedulers)
