@@ -67,6 +67,10 @@ def build_parser():
     dp.add_argument("--clock", choices=("monotonic", "capture"), default="monotonic",
                     help="'capture': time moves only with fed packets (reproducible listings)")
     dp.set_defaults(func=_daemon)
+
+    from . import lab, realserver
+    realserver.add_subparser(sub)
+    lab.add_subparser(sub)
     return parser
 
 

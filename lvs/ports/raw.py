@@ -1,0 +1,145 @@
+"""AF_PACKET on one named interface: Ethernet frames in and out.
+
+Receiving goes through a PACKET_MMAP ring (TPACKET_V2: one frame per slot,
+handed over as soon as the kernel has written it, so a request/response
+exchange waits on nothing; TPACKET_V3's block handover added a millisecond
+or more per packet here). Where a ring cannot be set up, recvfrom() takes
+its place. Sending is sendto() on the bound socket.
+
+The socket is opened with protocol 0, which receives nothing, and only bound
+to ETH_P_ALL on the interface once the ring is in place: otherwise frames
+of every interface would race into the ring before bind(). Our own
+transmissions are not looped back to us (PACKET_IGNORE_OUTGOING).
+"""
+
+import mmap
+import os
+import socket
+import struct
+
+SOL_PACKET = 263
+PACKET_RX_RING = 5
+PACKET_STATISTICS = 6
+PACKET_VERSION = 10
+PACKET_QDISC_BYPASS = 20
+PACKET_IGNORE_OUTGOING = 23
+TPACKET_V2 = 1
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 1
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+
+# struct tpacket2_hdr: status, len, snaplen, mac, net, sec, nsec, vlan_tci, vlan_tpid
+_HDR = struct.Struct("=IIIHHIIHH")
+_SLL_PKTTYPE = 32 + 10    # sockaddr_ll follows the 32-byte aligned header; pkttype at +10
+
+FRAME_SIZE = 2048         # one Ethernet frame of MTU 1500 and the ring's header, aligned
+FRAME_COUNT = 1024        # frames in the ring (2 MiB)
+BLOCK_SIZE = 1 << 16      # ring memory is allocated in blocks of whole frames
+
+
+class RawPort:
+    kind = "ether"
+
+    def __init__(self, ifname, ring=True, frame_count=FRAME_COUNT):
+        self.name = ifname
+        self.counters = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_ring_drops": 0}
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        self.ring = None
+        try:
+            try:
+                self.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+                self.ignores_outgoing = True
+            except OSError:  # before Linux 4.20: skip PACKET_OUTGOING frames ourselves
+                self.ignores_outgoing = False
+            if ring:
+                self._setup_ring(frame_count)
+            self.sock.bind((ifname, ETH_P_ALL))
+            self.sock.setblocking(False)
+        except Exception:
+            self.close()
+            raise
+        self.mac = self.sock.getsockname()[4]
+
+    @property
+    def ring_mode(self):
+        return "tpacket_v2" if self.ring is not None else "recvfrom"
+
+    def _setup_ring(self, frame_count):
+        frames_per_block = BLOCK_SIZE // FRAME_SIZE
+        blocks = max(1, frame_count // frames_per_block)
+        try:
+            self.sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+            req = struct.pack("=IIII", BLOCK_SIZE, blocks, FRAME_SIZE, blocks * frames_per_block)
+            self.sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+            self.ring = mmap.mmap(self.sock.fileno(), BLOCK_SIZE * blocks,
+                                  mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError:
+            self.ring = None  # no rings here: recvfrom() it is
+            return
+        self.frames = blocks * frames_per_block
+        self.slot = 0
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def recv_batch(self, limit=64):
+        if self.ring is None:
+            return self._recv_plain(limit)
+        ring, out = self.ring, []
+        slot, frames = self.slot, self.frames
+        unpack = _HDR.unpack_from
+        while len(out) < limit:
+            base = slot * FRAME_SIZE
+            status, length, snaplen, mac, _, _, _, _, _ = unpack(ring, base)
+            if not status & TP_STATUS_USER:
+                break
+            if self.ignores_outgoing or ring[base + _SLL_PKTTYPE] != PACKET_OUTGOING:
+                out.append(ring[base + mac:base + mac + snaplen])
+            ring[base:base + 4] = b"\0\0\0\0"  # TP_STATUS_KERNEL: the slot is the kernel's again
+            slot = slot + 1 if slot + 1 < frames else 0
+        self.slot = slot
+        self.counters["rx"] += len(out)
+        return out
+
+    def _recv_plain(self, limit):
+        out = []
+        recvfrom = self.sock.recvfrom
+        while len(out) < limit:
+            try:
+                data, addr = recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            if self.ignores_outgoing or addr[2] != PACKET_OUTGOING:
+                out.append(data)
+        self.counters["rx"] += len(out)
+        return out
+
+    def send(self, frame):
+        try:
+            self.sock.send(frame)
+        except OSError:
+            self.counters["tx_errors"] += 1
+            return False
+        self.counters["tx"] += 1
+        return True
+
+    def ring_drops(self):
+        """Frames the kernel dropped because the ring was full (PACKET_STATISTICS, reset on read)."""
+        try:
+            _, drops = struct.unpack("=II", self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        except OSError:
+            return self.counters["rx_ring_drops"]
+        self.counters["rx_ring_drops"] += drops
+        return self.counters["rx_ring_drops"]
+
+    def close(self):
+        if self.ring is not None:
+            try:
+                self.ring.close()
+            except BufferError:
+                pass
+            self.ring = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
