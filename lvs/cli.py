@@ -20,11 +20,17 @@ def _replay(args):
 def _daemon(args):
     from . import ctl
     from .daemon import DaemonError, start, stop
+    from .daemon import cleanup
     path = ctl.socket_path(args.socket)
+    ifaces = [name for item in args.iface for name in item.split(",") if name]
     try:
+        if args.cleanup:
+            return cleanup(args.state_file)
         if args.stop:
             return stop(path)
-        return start(path, args.rules, args.feed, detach=args.detach, clock=args.clock)
+        return start(path, args.rules, args.feed, detach=args.detach, clock=args.clock,
+                     ifaces=ifaces, state_path=args.state_file, log_path=args.log,
+                     ring=not args.no_ring)
     except DaemonError as e:
         sys.stderr.write("lvs daemon: %s\n" % e)
         return 1
@@ -66,6 +72,16 @@ def build_parser():
     dp.add_argument("--stop", action="store_true", help="stop the daemon on the socket and wait until it is gone")
     dp.add_argument("--clock", choices=("monotonic", "capture"), default="monotonic",
                     help="'capture': time moves only with fed packets (reproducible listings)")
+    dp.add_argument("--iface", action="append", default=[], metavar="IF[,IF...]",
+                    help="serve the VIPs on these interfaces (AF_PACKET; root; repeatable)")
+    dp.add_argument("--state-file", metavar="PATH",
+                    help="where host changes are recorded for --cleanup "
+                         "(default: daemon.state beside the default socket)")
+    dp.add_argument("--log", metavar="FILE", help="append the daemon's log here (with --detach: instead of nowhere)")
+    dp.add_argument("--no-ring", action="store_true",
+                    help="receive with recvfrom() instead of a PACKET_MMAP ring")
+    dp.add_argument("--cleanup", action="store_true",
+                    help="undo the host changes of a daemon that was killed (from its state file)")
     dp.set_defaults(func=_daemon)
 
     from . import lab, realserver

@@ -25,13 +25,20 @@ import os
 import socket
 
 PROTOCOL = 1
-DEFAULT_SOCKET = "/run/pylvs/lvs.sock"
 MAX_REQUEST = 16 * 1024 * 1024
 
 
 def socket_path(explicit=None):
-    """--socket wins over LVS_SOCKET, which wins over the default."""
-    return explicit or os.environ.get("LVS_SOCKET") or DEFAULT_SOCKET
+    """--socket wins over LVS_SOCKET, which wins over the default.
+
+    The default is per network namespace: in `ip netns exec NAME` it is
+    /run/pylvs/netns-NAME/lvs.sock, so each namespace's director and lvsadm
+    find each other with no flags (/run is shared between namespaces).
+    """
+    if explicit or os.environ.get("LVS_SOCKET"):
+        return explicit or os.environ.get("LVS_SOCKET")
+    from .hostconf import run_dir
+    return os.path.join(run_dir(), "lvs.sock")
 
 
 class NoDaemon(Exception):

@@ -11,7 +11,6 @@ reproducible in tests and teaching.
 import errno
 import json
 import os
-import selectors
 import signal
 import socket
 import sys
@@ -20,7 +19,11 @@ import time
 from . import __version__, ctl
 from .engine import Engine
 from .errors import ConfigError
+from .hostconf import HostChanges, HostError
+from .loop import Loop
 from .pcap import CaptureError
+
+BATCH = 64
 
 
 class DaemonError(Exception):
@@ -35,6 +38,9 @@ class Daemon:
         self.offset = 0.0
         self.listener = None
         self.stopping = False
+        self.director = None     # the live data plane, when attached to interfaces
+        self.changes = None      # its host changes (lvs/hostconf.py)
+        self.loop = None
 
     # ---------------------------------------------------------------- clock
 
@@ -48,8 +54,8 @@ class Daemon:
         return t
 
     def tick(self):
-        """Run the engine's timers up to now (what sent packets would be lost: no interface)."""
-        self.engine.expire(self.now())
+        """Run the engine's timers up to now (what they send goes out if a director is attached)."""
+        self._expire(self.now())
 
     # ---------------------------------------------------------------- setup
 
@@ -127,6 +133,9 @@ class Daemon:
             return {"error": "unsupported protocol version %r" % message.get("pylvs")}
         if op == "ping":
             return {"pid": os.getpid(), "version": __version__, "socket": self.path}
+        if op == "stats":
+            return {"drops": dict(self.engine.drops),
+                    "director": self.director.stats() if self.director is not None else None}
         if op == "stop":
             self.stopping = True
             return {"stopping": True}
@@ -138,6 +147,7 @@ class Daemon:
                 return {"error": "argv must be a list of strings"}
             out, err, status = adm.run(self.engine, argv, message.get("stdin"),
                                        prog=message.get("prog") or "ipvsadm")
+            self._follow()
             return {"stdout": out, "stderr": err, "status": status}
         if op == "replace":
             # lvsadm-restore: ipvsadm -C then -R, but only once the whole input
@@ -150,6 +160,7 @@ class Daemon:
             if status == 0:
                 adm.run(self.engine, ["-C"], None, prog=prog)
                 out, err, status = adm.run(self.engine, ["-R"], text, prog=prog)
+                self._follow()
             return {"stdout": out, "stderr": err, "status": status}
         if op == "feed":
             path = message.get("path")
@@ -180,47 +191,93 @@ class Daemon:
             conn.close()
 
     def serve_forever(self):
-        """Answer requests until stopped by a request, SIGTERM or SIGINT."""
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-
-        def on_signal(signum, frame):
-            self.stopping = True
-
-        old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
-        old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        sel = selectors.DefaultSelector()
-        sel.register(self.listener, selectors.EVENT_READ)
-        sel.register(wake_r, selectors.EVENT_READ)
+        """Answer requests, and move packets if a director is attached, until
+        stopped by a request, SIGTERM or SIGINT. The host changes the director
+        made are undone on the way out, whatever the reason."""
+        loop = self.loop = Loop(self.now)
+        loop.add_reader(self.listener, self._accept)
+        director = self.director
+        if director is not None:
+            for port in director.ports:
+                loop.add_reader(port, self._port_reader(port))
+            loop.add_timer(director.next_deadline, director.timers)
+        loop.add_timer(self.engine.next_deadline, self._expire)
         try:
-            while not self.stopping:
-                for key, _ in sel.select(timeout=1.0):
-                    if key.fileobj is wake_r:
-                        try:
-                            wake_r.recv(64)
-                        except OSError:
-                            pass
-                        continue
-                    try:
-                        conn, _ = self.listener.accept()
-                    except OSError as e:
-                        if e.errno in (errno.EAGAIN, errno.EINTR):
-                            continue
-                        raise
-                    self.serve_one(conn)
-                    if self.stopping:
-                        break
+            loop.run()
         finally:
-            sel.close()
-            signal.set_wakeup_fd(old_wakeup)
-            for sig, handler in old_handlers.items():
-                signal.signal(sig, handler)
-            wake_r.close()
-            wake_w.close()
+            loop.close()
             self.close()
 
+    def _accept(self):
+        try:
+            conn, _ = self.listener.accept()
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EINTR):
+                return
+            raise
+        self.serve_one(conn)
+        if self.stopping:
+            self.loop.stop()
+
+    def _port_reader(self, port):
+        director = self.director
+
+        def read():
+            frames = port.recv_batch(BATCH)
+            if not frames:
+                return
+            try:
+                director.receive(port, frames, self.now())
+            except Exception:
+                # A bug on the live side must not take the director down:
+                # count it, say it once, keep serving.
+                director.counters["internal_error"] = director.counters.get("internal_error", 0) + 1
+                if director.counters["internal_error"] == 1:
+                    import traceback
+                    self.log("lvs daemon: internal error (counted; first one shown):\n"
+                             + traceback.format_exc())
+        return read
+
+    def _expire(self, now):
+        sent = self.engine.expire(now)
+        if self.director is not None and sent:
+            self.director.send(sent, now)
+
+    def _follow(self):
+        """After a command: the live side follows the tables (ARP, nftables)."""
+        if self.director is not None:
+            try:
+                self.director.sync()
+            except HostError as e:
+                self.log("lvs daemon: %s" % e)
+
+    def log(self, text):
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def attach(self, ifnames, state_path, ring=True):
+        """Attach the live data plane to the interfaces (lvs/director.py)."""
+        from .director import Director
+        self.changes = HostChanges(state_path, log=self.log, owner="lvs daemon")
+        self.changes.claim()
+        self.director = Director(self.engine, ifnames, self.changes, self.log, ring=ring)
+        try:
+            self.director.start(self.now())
+        except BaseException:
+            self.detach_live()
+            raise
+
+    def detach_live(self):
+        if self.director is not None:
+            self.director.close()
+            self.director = None
+        if self.changes is not None:
+            for failure in self.changes.undo():
+                self.log("lvs daemon: could not undo: %s" % failure)
+            self.changes = None
+
     def close(self):
+        self.detach_live()
         if self.listener is not None:
             self.listener.close()
             self.listener = None
@@ -230,11 +287,20 @@ class Daemon:
                 pass
 
 
-def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic", out=sys.stdout):
+def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic", out=sys.stdout,
+          ifaces=(), state_path=None, log_path=None, ring=True):
     """`lvs daemon`: returns the exit status."""
     daemon = Daemon(path, clock=clock)
+    log_file = None
+    if log_path:
+        try:
+            log_file = open(log_path, "a", buffering=1)
+        except OSError as e:
+            raise DaemonError("cannot open the log %s: %s" % (log_path, e.strerror))
     if rules_path:
         daemon.load_rules(rules_path)
+    if ifaces and os.geteuid() != 0:
+        raise DaemonError("--iface needs root (AF_PACKET sockets, nftables)")
     daemon.bind()
     for capture in feed_paths:
         try:
@@ -242,20 +308,40 @@ def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic",
         except (OSError, CaptureError) as e:
             daemon.close()
             raise DaemonError("cannot feed %s: %s" % (capture, e))
+    if ifaces:
+        try:
+            daemon.attach(ifaces, state_path or default_state_path())
+        except (HostError, OSError) as e:
+            daemon.close()
+            raise DaemonError(str(e))
     if not detach:
+        if log_file is not None:
+            daemon.log = lambda text: (log_file.write(text + "\n"), sys.stderr.write(text + "\n"))
         daemon.serve_forever()
         return 0
     pid = os.fork()
     if pid == 0:  # the daemon
+        status = 1
         try:
             os.setsid()
             devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
+            os.dup2(devnull, 0)
+            target = log_file.fileno() if log_file is not None else devnull
+            os.dup2(target, 1)
+            os.dup2(target, 2)
+            if daemon.changes is not None:
+                daemon.changes.save()  # the state file names the process that will undo
             daemon.serve_forever()
+            status = 0
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            sys.stderr.flush()
         finally:
-            os._exit(0)
+            os._exit(status)
     daemon.listener.close()  # the child serves it now
+    if daemon.director is not None:
+        daemon.director.close()  # our copies of the ports; the child keeps its own
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
         if ctl.alive(path, timeout=1.0):
@@ -266,6 +352,27 @@ def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic",
         time.sleep(0.05)
     os.kill(pid, signal.SIGTERM)
     raise DaemonError("no answer on %s within 10 s" % path)
+
+
+def default_state_path():
+    from .hostconf import run_dir
+    return os.path.join(run_dir(), "daemon.state")
+
+
+def cleanup(state_path=None, out=sys.stdout):
+    """`lvs daemon --cleanup`: undo what a killed daemon changed on the host."""
+    from .hostconf import cleanup as undo
+    path = state_path or default_state_path()
+    found, failures = undo(path, log=lambda text: out.write(text + "\n"), owner="lvs daemon")
+    if not found:
+        out.write("lvs daemon: nothing to clean up (%s does not exist)\n" % path)
+        return 0
+    for failure in failures:
+        sys.stderr.write("lvs daemon: %s\n" % failure)
+    if failures:
+        return 1
+    out.write("lvs daemon: host restored from %s\n" % path)
+    return 0
 
 
 def _running(pid):

@@ -77,7 +77,7 @@ class HostChanges:
 
     # ------------------------------------------------------------ recording
 
-    def _save(self):
+    def save(self):
         directory = os.path.dirname(self.state_path)
         if directory:
             os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -91,14 +91,14 @@ class HostChanges:
 
     def _record(self, step):
         self.steps.append(step)
-        self._save()
+        self.save()
 
     def claim(self):
         """Start a journal: refuse if a previous one was not undone (run cleanup first)."""
         if os.path.exists(self.state_path):
             raise HostError("%s exists: a previous %s did not clean up; run its cleanup first"
                             % (self.state_path, self.owner))
-        self._save()
+        self.save()
 
     # ------------------------------------------------------------ changes
 
@@ -118,7 +118,7 @@ class HostChanges:
             run(argv, input=input)
         except HostError:
             self.steps.pop()  # nothing was changed, nothing to undo
-            self._save()
+            self.save()
             raise
 
     def nft_table(self, family, name, body, why):
@@ -131,7 +131,7 @@ class HostChanges:
             run(["nft", "-f", "-"], input=text)
         except HostError:
             self.steps.pop()
-            self._save()
+            self.save()
             raise
 
     def ethtool_off(self, ifname, features, why):

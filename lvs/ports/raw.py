@@ -9,7 +9,10 @@ its place. Sending is sendto() on the bound socket.
 The socket is opened with protocol 0, which receives nothing, and only bound
 to ETH_P_ALL on the interface once the ring is in place: otherwise frames
 of every interface would race into the ring before bind(). Our own
-transmissions are not looped back to us (PACKET_IGNORE_OUTGOING).
+transmissions are not looped back to us (PACKET_IGNORE_OUTGOING), and
+frames for other hosts' MACs (PACKET_OTHERHOST: a bridge floods before it
+learns) are skipped, as ip_rcv() skips them: only what the host's IP layer
+would see reaches the loop.
 """
 
 import mmap
@@ -27,6 +30,7 @@ TPACKET_V2 = 1
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
 ETH_P_ALL = 0x0003
+PACKET_OTHERHOST = 3
 PACKET_OUTGOING = 4
 
 # struct tpacket2_hdr: status, len, snaplen, mac, net, sec, nsec, vlan_tci, vlan_tpid
@@ -49,9 +53,8 @@ class RawPort:
         try:
             try:
                 self.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-                self.ignores_outgoing = True
-            except OSError:  # before Linux 4.20: skip PACKET_OUTGOING frames ourselves
-                self.ignores_outgoing = False
+            except OSError:
+                pass  # before Linux 4.20: the pkttype test below skips them
             if ring:
                 self._setup_ring(frame_count)
             self.sock.bind((ifname, ETH_P_ALL))
@@ -94,7 +97,7 @@ class RawPort:
             status, length, snaplen, mac, _, _, _, _, _ = unpack(ring, base)
             if not status & TP_STATUS_USER:
                 break
-            if self.ignores_outgoing or ring[base + _SLL_PKTTYPE] != PACKET_OUTGOING:
+            if ring[base + _SLL_PKTTYPE] < PACKET_OTHERHOST:
                 out.append(ring[base + mac:base + mac + snaplen])
             ring[base:base + 4] = b"\0\0\0\0"  # TP_STATUS_KERNEL: the slot is the kernel's again
             slot = slot + 1 if slot + 1 < frames else 0
@@ -110,7 +113,7 @@ class RawPort:
                 data, addr = recvfrom(65535)
             except (BlockingIOError, InterruptedError):
                 break
-            if self.ignores_outgoing or addr[2] != PACKET_OUTGOING:
+            if addr[2] < PACKET_OTHERHOST:
                 out.append(data)
         self.counters["rx"] += len(out)
         return out

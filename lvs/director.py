@@ -1,0 +1,278 @@
+"""The live director: the engine on real interfaces.
+
+The engine answers "send this IPv4 packet towards that address"; this module
+does what the kernel does around IPVS so that the answer reaches the wire:
+
+  in    Ethernet frames from AF_PACKET ports. ARP requests for the VIPs of
+        configured services are answered with the port's MAC (the kernel
+        would answer them because the VIP is one of its addresses; here the
+        host does not own the VIP, so nobody else will). IPv4 frames sent to
+        our MAC that IPVS could care about (to a VIP, from a real server, ICMP)
+        go to the engine; echo requests to a VIP are answered, as the
+        director's own stack answers them when it holds the VIP.
+  out   route lookup, neighbour resolution (lvs/neigh.py), Ethernet framing.
+  host  the host's own stack sees the same frames. An nftables table of
+        ours drops, before conntrack, what the engine handles: everything
+        addressed to a VIP (the host would otherwise answer, or forward it
+        back to us through our own ARP answer), NAT real servers' replies and
+        their ICMP errors (the host would otherwise forward them unrewritten
+        or drop them noisily). Its sets follow lvsadm's changes.
+"""
+
+import ipaddress
+import json
+import socket
+import struct
+
+from . import arp, hostconf
+from .checksum import checksum
+from .flags import IP_VS_CONN_F_MASQ, IPPROTO_ICMP
+from .neigh import Neighbours, Routes
+from .ports import RawPort
+
+NFT_TABLE = "pylvs"
+ICMP_ERRORS = (3, 4, 5, 11, 12)
+BATCH = 64
+OFFLOADS = (("gro", "generic-receive-offload"), ("lro", "large-receive-offload"),
+            ("rx-gro-hw", "rx-gro-hw"))
+
+_NFT_BODY = """\
+    set vips { type ipv4_addr; }
+    set masq { type inet_proto . ipv4_addr . inet_service; }
+    set masq_addrs { type ipv4_addr; }
+    chain prerouting {
+        type filter hook prerouting priority raw - 10; policy accept;
+        ip daddr @vips drop
+        meta l4proto { tcp, udp } meta l4proto . ip saddr . th sport @masq drop
+        ip saddr @masq_addrs icmp type { destination-unreachable, source-quench, redirect, time-exceeded, parameter-problem } drop
+    }"""
+
+
+def interface_addresses(ifname):
+    """[(address bytes, prefix length)] of the interface's IPv4 addresses, primary first."""
+    out = hostconf.run(["ip", "-j", "-4", "addr", "show", "dev", ifname])
+    addrs = []
+    for link in json.loads(out or "[]"):
+        for a in link.get("addr_info", ()):
+            if a.get("family") == "inet":
+                addrs.append((socket.inet_aton(a["local"]), a.get("prefixlen", 32)))
+    return addrs
+
+
+def interface_mtu(ifname):
+    out = hostconf.run(["ip", "-j", "link", "show", "dev", ifname])
+    return json.loads(out)[0].get("mtu", 1500)
+
+
+def _icmp_error(packet):
+    if packet[9] != IPPROTO_ICMP:
+        return False
+    ihl = (packet[0] & 15) << 2
+    return len(packet) > ihl and packet[ihl] in ICMP_ERRORS
+
+
+class Director:
+    def __init__(self, engine, ifnames, changes, log, ring=True):
+        self.engine = engine
+        self.ifnames = list(ifnames)
+        self.changes = changes
+        self.log = log
+        self.ring = ring
+        self.ports = []
+        self.by_name = {}
+        self.addrs = {}            # ifname -> [(addr, prefixlen)]
+        self.routes = Routes(self.ifnames)
+        self.neigh = Neighbours()
+        self.vips = frozenset()
+        self.dest_addrs = frozenset()
+        self.all_to_engine = False  # fwmark services: any packet may be theirs
+        self.nft_elements = (set(), set(), set())
+        self.counters = {"arp_replies": 0, "echo_replies": 0, "to_engine": 0, "sent": 0,
+                         "no_route": 0, "not_for_us": 0}
+
+    # ------------------------------------------------------------ setup
+
+    def start(self, now):
+        for name in self.ifnames:
+            self.addrs[name] = interface_addresses(name)
+            if not self.addrs[name]:
+                raise hostconf.HostError("%s has no IPv4 address: the director needs one "
+                                         "(source of its ARP requests and tunnels)" % name)
+        for name in self.ifnames:
+            self.changes.ethtool_off(name, OFFLOADS,
+                                     "AF_PACKET must see frames as they were sent, not merged by "
+                                     "GRO/LRO into packets bigger than the MTU")
+        self.changes.nft_table("ip", NFT_TABLE, _NFT_BODY,
+                               "the host does not own the VIPs: keep its stack from answering, "
+                               "resetting or forwarding the packets pylvs handles")
+        for name in self.ifnames:
+            port = RawPort(name, ring=self.ring)
+            self.ports.append(port)
+            self.by_name[name] = port
+            self.log("lvs daemon: %s attached (AF_PACKET, %s, MAC %s)"
+                     % (name, port.ring_mode, port.mac.hex(":")))
+        if self.engine.director_addr is None:
+            # The kernel's tunnel source is the route's source address: ours.
+            self.engine.director_addr = self.addrs[self.ifnames[0]][0][0]
+        self.engine.mtu = min(interface_mtu(name) for name in self.ifnames)
+        self.routes.load(now)
+        self.sync()
+
+    def close(self):
+        for port in self.ports:
+            port.close()
+        self.ports = []
+
+    # ------------------------------------------------------------ following lvsadm
+
+    def sync(self):
+        """Follow the engine's services: VIPs answered by ARP, the nft sets."""
+        engine = self.engine
+        vips, masq = set(), set()
+        dests = set()
+        fwmark = False
+        for svc in engine.services.values():
+            if svc.fwmark:
+                fwmark = True
+            else:
+                vips.add(svc.addr)
+            for dest in svc.destinations:
+                dests.add(dest.addr)
+                if dest.fwd == IP_VS_CONN_F_MASQ:
+                    masq.add((svc.protocol if not svc.fwmark else 0, dest.addr, dest.port))
+        for dest in engine.trash:
+            dests.add(dest.addr)
+            if dest.fwd == IP_VS_CONN_F_MASQ:
+                masq.add((dest.svc.protocol if not dest.svc.fwmark else 0, dest.addr, dest.port))
+        self.vips = frozenset(vips)
+        self.dest_addrs = frozenset(dests)
+        self.all_to_engine = fwmark
+        masq_elems = set()
+        for proto, addr, port in masq:
+            for p in ((proto,) if proto else (6, 17)):
+                masq_elems.add("%s . %s . %d" % ({6: "tcp", 17: "udp"}[p], socket.inet_ntoa(addr), port))
+        want = ({socket.inet_ntoa(a) for a in vips}, masq_elems,
+                {socket.inet_ntoa(a) for _, a, _ in masq})
+        script = []
+        for name, have, new in zip(("vips", "masq", "masq_addrs"), self.nft_elements, want):
+            gone, added = have - new, new - have
+            if gone:
+                script.append("delete element ip %s %s { %s }" % (NFT_TABLE, name, ", ".join(sorted(gone))))
+            if added:
+                script.append("add element ip %s %s { %s }" % (NFT_TABLE, name, ", ".join(sorted(added))))
+        if script:
+            hostconf.run(["nft", "-f", "-"], input="\n".join(script) + "\n")
+            self.log("lvs daemon: nft: " + "; ".join(script))
+        self.nft_elements = want
+
+    # ------------------------------------------------------------ packets in
+
+    def receive(self, port, frames, now):
+        """Handle a batch of frames from `port`."""
+        engine = self.engine
+        mine = port.mac
+        counters = self.counters
+        for frame in frames:
+            if len(frame) < 34:
+                continue
+            ethertype = (frame[12] << 8) | frame[13]
+            if ethertype == arp.ETH_P_ARP:
+                self._arp(port, frame, now)
+                continue
+            if ethertype != arp.ETH_P_IP or frame[0:6] != mine:
+                continue  # ip_vs_in: only PACKET_HOST frames; IPv6 is not ours yet
+            packet = frame[14:]
+            if not (self.all_to_engine or packet[16:20] in self.vips
+                    or packet[12:16] in self.dest_addrs or _icmp_error(packet)):
+                counters["not_for_us"] += 1
+                continue  # the host's own traffic
+            if packet[16:20] in self.vips and packet[9] == IPPROTO_ICMP and self._echo(packet, now):
+                continue
+            counters["to_engine"] += 1
+            self.send(engine.receive(packet, now), now)
+
+    def _arp(self, port, frame, now):
+        parsed = arp.parse(frame)
+        if parsed is None:
+            return
+        op, sha, spa, tpa = parsed
+        if spa == b"\0\0\0\0":
+            return  # an address probe (RFC 5227): nothing to learn, nothing to answer
+        for_us = op == arp.ARPOP_REQUEST and tpa in self.vips
+        for body in self.neigh.learn(spa, sha, port.name, now, create=for_us):
+            self._emit(port, sha, body)
+        if for_us:
+            port.send(arp.reply(port.mac, tpa, sha, spa))
+            self.counters["arp_replies"] += 1
+
+    def _echo(self, packet, now):
+        """An echo request to a VIP: answered from the VIP, as the director's stack would."""
+        ihl = (packet[0] & 15) << 2
+        tot = (packet[2] << 8) | packet[3]
+        if tot > len(packet) or tot < ihl + 8 or packet[ihl] != 8 or (packet[6] & 0x3F) or packet[7]:
+            return False
+        if checksum(packet[:ihl]) or checksum(packet[ihl:tot]):
+            return False
+        icmp = bytearray(packet[ihl:tot])
+        icmp[0] = 0
+        icmp[2:4] = b"\0\0"
+        struct.pack_into("!H", icmp, 2, checksum(icmp))
+        header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, packet[1], 20 + len(icmp), 0, 0x4000,
+                                       64, IPPROTO_ICMP, 0, packet[16:20], packet[12:16]))
+        struct.pack_into("!H", header, 10, checksum(header))
+        self._output(packet[12:16], bytes(header) + bytes(icmp), now)
+        self.counters["echo_replies"] += 1
+        return True
+
+    # ------------------------------------------------------------ packets out
+
+    def send(self, transmits, now):
+        for tx in transmits:
+            self._output(tx.nexthop, tx.packet, now)
+
+    def _output(self, nexthop, packet, now):
+        route = self.routes.lookup(bytes(nexthop), now)
+        if route is None:
+            self.counters["no_route"] += 1
+            return
+        ifname, onlink = route
+        port = self.by_name[ifname]
+        body = b"\x08\x00" + bytes(packet)
+        mac = self.neigh.lookup(onlink, ifname, now)
+        if mac is None:
+            self.neigh.queue(onlink, ifname, body, now)
+            self.timers(now)
+            return
+        self._emit(port, mac, body)
+
+    def _emit(self, port, mac, body):
+        if port.send(mac + port.mac + body):
+            self.counters["sent"] += 1
+
+    def _source_for(self, ifname, target):
+        """The address our ARP request names as sender: one on the target's subnet if we have it."""
+        addrs = self.addrs[ifname]
+        t = ipaddress.IPv4Address(target)
+        for addr, plen in addrs:
+            if t in ipaddress.IPv4Network((addr, plen), strict=False):
+                return addr
+        return addrs[0][0]
+
+    # ------------------------------------------------------------ timers
+
+    def timers(self, now):
+        for addr, ifname in self.neigh.due(now):
+            port = self.by_name[ifname]
+            port.send(arp.request(port.mac, self._source_for(ifname, addr), addr))
+
+    def next_deadline(self):
+        return self.neigh.next_deadline()
+
+    def stats(self):
+        out = dict(self.counters)
+        out["neigh_failed"] = self.neigh.failed
+        for port in self.ports:
+            for k, v in port.counters.items():
+                out["%s_%s" % (port.name, k)] = v
+            out["%s_rx_ring_drops" % port.name] = port.ring_drops()
+        return out

@@ -1,0 +1,160 @@
+"""Where a packet goes next on the wire: routes and the neighbour table.
+
+The engine names a next hop by IPv4 address; the live director must turn it
+into an interface and a MAC address, as the kernel's output path does:
+  route    longest-prefix match over the host's main table (read with
+           `ip -j route`), giving the interface and the gateway, if any;
+  neigh    the MAC of the on-link address, from our cache, else from the
+           host's neighbour table (/proc/net/arp), else resolved by ARP:
+           packets wait in a bounded queue (unres_qlen_bytes) while up to
+           mcast_solicit requests go out a second apart, then are dropped.
+Entries are trusted for REACHABLE_TIME, then re-confirmed by a new request
+while the old MAC stays in use (the kernel's STALE -> PROBE).
+"""
+
+import ipaddress
+import json
+import socket
+
+from . import hostconf
+
+REACHABLE_TIME = 30.0        # base_reachable_time
+RETRANS_TIME = 1.0           # retrans_time_ms
+MCAST_SOLICIT = 3
+UNRES_QLEN_BYTES = 212992    # unres_qlen_bytes (SK_WMEM_MAX)
+ROUTE_RELOAD = 1.0           # reread routes at most this often on a miss
+
+
+class Routes:
+    """The host's IPv4 main routing table, for the interfaces we drive."""
+
+    def __init__(self, ifnames, loader=None):
+        self.ifnames = set(ifnames)
+        self.loader = loader or _load_routes
+        self.table = []
+        self.cache = {}
+        self.loaded_at = None
+
+    def load(self, now):
+        self.table = [r for r in self.loader() if r[2] in self.ifnames]
+        self.table.sort(key=lambda r: -r[0].prefixlen)
+        self.cache = {}
+        self.loaded_at = now
+
+    def lookup(self, addr, now):
+        """(ifname, on-link address) for a destination (4 bytes), or None."""
+        hit = self.cache.get(addr)
+        if hit is not None:
+            return hit
+        ip = ipaddress.IPv4Address(addr)
+        for net, gateway, dev in self.table:
+            if ip in net:
+                hit = (dev, gateway or addr)
+                self.cache[addr] = hit
+                return hit
+        if self.loaded_at is None or now - self.loaded_at >= ROUTE_RELOAD:
+            self.load(now)
+            return self.lookup(addr, now) if self.table else None
+        return None
+
+
+def _load_routes():
+    out = hostconf.run(["ip", "-j", "-4", "route", "show", "table", "main"], check=False)
+    routes = []
+    try:
+        entries = json.loads(out or "[]")
+    except ValueError:
+        return routes
+    for r in entries:
+        if r.get("type", "unicast") != "unicast":
+            continue
+        dst = r.get("dst", "")
+        try:
+            net = ipaddress.IPv4Network("0.0.0.0/0" if dst == "default" else dst, strict=False)
+        except ValueError:
+            continue
+        gw = r.get("gateway")
+        routes.append((net, socket.inet_aton(gw) if gw else None, r.get("dev")))
+    return routes
+
+
+def host_arp_table():
+    """{IPv4 bytes: (MAC bytes, ifname)} of complete entries in /proc/net/arp."""
+    table = {}
+    try:
+        with open("/proc/net/arp") as f:
+            next(f)
+            for line in f:
+                ip, _, flags, mac, _, dev = line.split()[:6]
+                if int(flags, 16) & 0x2:  # ATF_COM
+                    table[socket.inet_aton(ip)] = (bytes.fromhex(mac.replace(":", "")), dev)
+    except (OSError, ValueError, StopIteration):
+        pass
+    return table
+
+
+class Neighbours:
+    """The MAC of on-link addresses, with the packets waiting for one."""
+
+    def __init__(self, host_table=host_arp_table):
+        self.host_table = host_table
+        self.entries = {}   # addr -> [mac, confirmed_at, ifname]
+        self.pending = {}   # addr -> [ifname, tries, next_try, queue, queued_bytes]
+        self.failed = 0     # packets dropped for want of a MAC
+
+    def lookup(self, addr, ifname, now):
+        """The MAC for `addr`, or None (then call queue())."""
+        e = self.entries.get(addr)
+        if e is not None:
+            if now - e[1] > REACHABLE_TIME and addr not in self.pending:
+                # Stale: keep using it, but ask again.
+                self.pending[addr] = [ifname, 0, now, [], 0]
+            return e[0]
+        hit = self.host_table().get(addr)
+        if hit is not None and hit[1] == ifname:
+            self.entries[addr] = [hit[0], now, ifname]
+            return hit[0]
+        return None
+
+    def queue(self, addr, ifname, frame_body, now):
+        p = self.pending.get(addr)
+        if p is None:
+            p = self.pending[addr] = [ifname, 0, now, [], 0]
+        if p[4] + len(frame_body) > UNRES_QLEN_BYTES:
+            self.failed += 1
+            return
+        p[3].append(frame_body)
+        p[4] += len(frame_body)
+
+    def learn(self, addr, mac, ifname, now, create=False):
+        """ARP from `addr` on `ifname`: returns the packets that were waiting for it.
+
+        Known and awaited entries are updated; a new one is made only when
+        `create` (a request to one of our addresses: arp_process's neigh_event_ns),
+        never from unsolicited traffic (arp_accept=0).
+        """
+        p = self.pending.pop(addr, None)
+        if addr not in self.entries and p is None and not create:
+            return ()
+        self.entries[addr] = [mac, now, ifname]
+        return p[3] if p is not None else ()
+
+    def due(self, now):
+        """Requests to send now: [(addr, ifname)]; drops what waited too long."""
+        out = []
+        for addr, p in list(self.pending.items()):
+            if p[2] > now:
+                continue
+            if p[1] >= MCAST_SOLICIT:
+                del self.pending[addr]
+                self.failed += len(p[3])
+                if addr in self.entries and p[1] >= MCAST_SOLICIT:
+                    del self.entries[addr]  # a stale entry nobody confirms
+                continue
+            p[1] += 1
+            p[2] = now + RETRANS_TIME
+            out.append((addr, p[0]))
+        return out
+
+    def next_deadline(self):
+        return min((p[2] for p in self.pending.values()), default=None)
