@@ -239,9 +239,13 @@ class Daemon:
         return read
 
     def _expire(self, now):
+        trash = len(self.engine.trash)
         sent = self.engine.expire(now)
-        if self.director is not None and sent:
-            self.director.send(sent, now)
+        if self.director is not None:
+            if sent:
+                self.director.send(sent, now)
+            if len(self.engine.trash) != trash:
+                self._follow()  # a NAT server left the trash: its replies are no longer ours
 
     def _follow(self):
         """After a command: the live side follows the tables (ARP, nftables)."""

@@ -1,0 +1,167 @@
+"""The live director's L2 side without root: ARP answers, neighbour resolution,
+framing, echo replies and the nftables sets, on fake ports."""
+
+import socket
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP
+from scapy.layers.l2 import ARP, Ether
+
+from lvs import director as director_mod
+from lvs import adm
+from lvs.director import Director
+from lvs.engine import Engine
+from lvs.neigh import MCAST_SOLICIT, RETRANS_TIME, Neighbours, Routes
+
+MAC = bytes.fromhex("020000000003")
+CLIENT_MAC = bytes.fromhex("020000000001")
+RS_MAC = bytes.fromhex("02000000000c")
+DIP, VIP, CLIENT, RS = "198.51.100.3", "198.51.100.2", "198.51.100.1", "198.51.100.12"
+
+
+class FakePort:
+    kind = "ether"
+
+    def __init__(self, name="eth0", mac=MAC):
+        self.name, self.mac = name, mac
+        self.sent = []
+        self.counters = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_ring_drops": 0}
+
+    def send(self, frame):
+        self.sent.append(bytes(frame))
+        return True
+
+    def ring_drops(self):
+        return 0
+
+
+@pytest.fixture
+def rig(monkeypatch):
+    nft = []
+    monkeypatch.setattr(director_mod.hostconf, "run", lambda argv, check=True, input=None: nft.append(input))
+    engine = Engine(director_addr=socket.inet_aton(DIP))
+    d = Director(engine, ["eth0"], changes=None, log=lambda text: None)
+    port = FakePort()
+    d.ports, d.by_name = [port], {"eth0": port}
+    d.addrs = {"eth0": [(socket.inet_aton(DIP), 24)]}
+    import ipaddress
+    d.routes = Routes(["eth0"], loader=lambda: [(ipaddress.IPv4Network("198.51.100.0/24"), None, "eth0")])
+    d.routes.load(0.0)
+    host_arp = {}
+    d.neigh = Neighbours(host_table=lambda: host_arp)
+
+    def lvsadm(*argv):
+        out, err, status = adm.run(engine, list(argv), None)
+        assert status == 0, err
+        d.sync()
+
+    lvsadm("-A", "-t", VIP + ":80", "-s", "rr")
+    lvsadm("-a", "-t", VIP + ":80", "-r", RS + ":12", "-m")
+    return d, port, engine, nft, host_arp, lvsadm
+
+
+def syn(sport=40000):
+    return bytes(Ether(src=CLIENT_MAC, dst=MAC) / IP(src=CLIENT, dst=VIP) / TCP(sport=sport, dport=80, flags="S"))
+
+
+def test_arp_requests_for_a_vip_are_answered_and_others_are_not(rig):
+    d, port, *_ = rig
+    who_has = lambda target: bytes(Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") /
+                                   ARP(op=1, hwsrc=CLIENT_MAC, psrc=CLIENT, pdst=target))
+    d.receive(port, [who_has(VIP), who_has("198.51.100.99"), who_has(DIP)], 1.0)
+    assert len(port.sent) == 1
+    answer = Ether(port.sent[0])
+    assert answer.dst == "02:00:00:00:00:01" and answer[ARP].op == 2
+    assert answer[ARP].psrc == VIP and answer[ARP].hwsrc == "02:00:00:00:00:03"
+    assert answer[ARP].pdst == CLIENT
+
+
+def test_nat_forwarding_resolves_the_real_server_by_arp_and_sends_what_waited(rig):
+    d, port, engine, *_ = rig
+    d.receive(port, [syn()], 1.0)
+    # No MAC for the real server yet: one ARP request, the SYN waits.
+    assert len(port.sent) == 1
+    req = Ether(port.sent[0])
+    assert req.dst == "ff:ff:ff:ff:ff:ff" and req[ARP].op == 1
+    assert req[ARP].pdst == RS and req[ARP].psrc == DIP
+    reply = bytes(Ether(src=RS_MAC, dst=MAC) / ARP(op=2, hwsrc=RS_MAC, psrc=RS, hwdst=MAC, pdst=DIP))
+    d.receive(port, [reply], 1.1)
+    assert len(port.sent) == 2
+    out = Ether(port.sent[1])
+    assert out.dst == "02:00:00:00:00:0c" and out.src == "02:00:00:00:00:03"
+    assert out[IP].dst == RS and out[TCP].dport == 12 and out[IP].src == CLIENT
+    # Known now: the next packet goes straight out.
+    d.receive(port, [syn(40001)], 1.2)
+    assert len(port.sent) == 3 and Ether(port.sent[2])[TCP].sport == 40001
+
+
+def test_a_neighbour_that_never_answers_costs_its_queued_packets(rig):
+    d, port, *_ = rig
+    d.receive(port, [syn()], 1.0)
+    t = 1.0
+    for _ in range(MCAST_SOLICIT + 1):
+        t += RETRANS_TIME
+        d.timers(t)
+    requests = [f for f in port.sent if Ether(f).haslayer(ARP)]
+    assert len(requests) == MCAST_SOLICIT
+    assert d.neigh.failed == 1 and d.next_deadline() is None
+
+
+def test_the_host_neighbour_table_is_used_before_asking(rig):
+    d, port, engine, nft, host_arp, _ = rig
+    host_arp[socket.inet_aton(RS)] = (RS_MAC, "eth0")
+    d.receive(port, [syn()], 1.0)
+    assert len(port.sent) == 1 and Ether(port.sent[0]).dst == "02:00:00:00:00:0c"
+
+
+def test_nat_replies_go_back_to_the_client_from_the_vip(rig):
+    d, port, engine, nft, host_arp, _ = rig
+    host_arp[socket.inet_aton(RS)] = (RS_MAC, "eth0")
+    host_arp[socket.inet_aton(CLIENT)] = (CLIENT_MAC, "eth0")
+    d.receive(port, [syn()], 1.0)
+    synack = bytes(Ether(src=RS_MAC, dst=MAC) / IP(src=RS, dst=CLIENT) / TCP(sport=12, dport=40000, flags="SA"))
+    d.receive(port, [synack], 1.01)
+    out = Ether(port.sent[-1])
+    assert out.dst == "02:00:00:00:00:01" and out[IP].src == VIP and out[TCP].sport == 80
+
+
+def test_frames_for_other_macs_and_the_hosts_own_traffic_stay_out_of_the_engine(rig):
+    d, port, engine, *_ = rig
+    other = bytes(Ether(src=CLIENT_MAC, dst="02:00:00:00:00:99") / IP(src=CLIENT, dst=VIP) / TCP(flags="S"))
+    own = bytes(Ether(src=CLIENT_MAC, dst=MAC) / IP(src=CLIENT, dst=DIP) / TCP(dport=22, flags="S"))
+    d.receive(port, [other, own], 1.0)
+    assert port.sent == [] and engine.conn_list() == []
+    assert d.counters["not_for_us"] == 1 and d.counters["to_engine"] == 0
+
+
+def test_echo_requests_to_a_vip_are_answered_from_the_vip(rig):
+    d, port, engine, nft, host_arp, _ = rig
+    host_arp[socket.inet_aton(CLIENT)] = (CLIENT_MAC, "eth0")
+    ping = bytes(Ether(src=CLIENT_MAC, dst=MAC) / IP(src=CLIENT, dst=VIP, ttl=64) / ICMP(id=7, seq=3) / b"data")
+    d.receive(port, [ping], 1.0)
+    pong = Ether(port.sent[0])
+    assert pong[IP].src == VIP and pong[IP].dst == CLIENT and pong[ICMP].type == 0
+    assert pong[ICMP].id == 7 and bytes(pong[ICMP].payload) == b"data"
+    rebuilt = IP(bytes(pong[IP]))
+    del rebuilt.chksum, rebuilt[ICMP].chksum
+    assert IP(bytes(rebuilt)).chksum == pong[IP].chksum
+    assert IP(bytes(rebuilt))[ICMP].chksum == pong[ICMP].chksum
+
+
+def test_nft_sets_follow_lvsadm(rig):
+    d, port, engine, nft, host_arp, lvsadm = rig
+    assert "add element ip pylvs vips { 198.51.100.2 }" in nft[0]
+    assert "add element ip pylvs masq { tcp . 198.51.100.12 . 12 }" in nft[1]
+    nft.clear()
+    lvsadm("-a", "-t", VIP + ":80", "-r", "198.51.100.10:80", "-g")
+    assert nft == []  # a DR server changes nothing the host must be kept from
+    lvsadm("-D", "-t", VIP + ":80")
+    assert "delete element ip pylvs vips { 198.51.100.2 }" in nft[0]
+    assert d.vips == frozenset()
+    # The deleted NAT server waits in the trash (its connections may live on):
+    # its replies are still ours until the trash lets it go.
+    assert "masq" not in nft[0]
+    nft.clear()
+    engine.expire(1000.0)
+    d.sync()
+    assert "delete element ip pylvs masq { tcp . 198.51.100.12 . 12 }" in nft[0]
