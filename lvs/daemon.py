@@ -1,11 +1,16 @@
-"""`lvs daemon`: the engine's tables behind the control socket (see lvs/ctl.py).
+"""`lvs daemon`: the engine's tables behind the control socket (see lvs/ctl.py),
+and, with --iface, the live data plane (lvs/director.py) on those interfaces.
 
-It holds one Engine, answers lvsadm's requests one at a time, and runs with
-no packet interface (control plane only) unless a later part attaches one.
-Its clock is the monotonic clock, shifted so that it never runs backwards:
-after a fed capture, time goes on from the capture's last packet. With
-`--clock capture` time moves only with fed packets, which makes listings
-reproducible in tests and teaching.
+It holds one Engine and runs one event loop (lvs/loop.py): lvsadm's requests
+are answered one at a time between packet batches, so a command changes
+live behaviour from the next packet on. Its clock is the monotonic clock,
+shifted so that it never runs backwards: after a fed capture, time goes on
+from the capture's last packet. With `--clock capture` time moves only with
+fed packets, which makes listings reproducible in tests and teaching.
+
+What the live side changes on the host is journalled (lvs/hostconf.py) and
+undone when the daemon ends, whatever the reason; after a SIGKILL,
+`lvs daemon --cleanup` undoes it from the state file.
 """
 
 import errno
@@ -301,6 +306,14 @@ def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic",
             log_file = open(log_path, "a", buffering=1)
         except OSError as e:
             raise DaemonError("cannot open the log %s: %s" % (log_path, e.strerror))
+    if log_file is not None:
+        def log(text):
+            # Setup lines reach the terminal and the log; once detached,
+            # stderr is the log itself.
+            log_file.write(text + "\n")
+            if daemon.loop is None or not detach:
+                sys.stderr.write(text + "\n")
+        daemon.log = log
     if rules_path:
         daemon.load_rules(rules_path)
     if ifaces and os.geteuid() != 0:
@@ -319,8 +332,6 @@ def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic",
             daemon.close()
             raise DaemonError(str(e))
     if not detach:
-        if log_file is not None:
-            daemon.log = lambda text: (log_file.write(text + "\n"), sys.stderr.write(text + "\n"))
         daemon.serve_forever()
         return 0
     pid = os.fork()

@@ -11,6 +11,12 @@ command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v pypy3 >/dev/null || need+=(pypy3)
 pypy3 -c 'import venv, ensurepip' 2>/dev/null || need+=(pypy3-venv)
+# The live data plane and its tests: namespaces and links (iproute2), the
+# director's host guard (nftables), offload switches (ethtool), the lab's
+# client and trace (curl, tcpdump).
+for tool in ip:iproute2 nft:nftables ethtool:ethtool curl:curl tcpdump:tcpdump; do
+    command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
+done
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
