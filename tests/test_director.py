@@ -165,3 +165,38 @@ def test_nft_sets_follow_lvsadm(rig):
     engine.expire(1000.0)
     d.sync()
     assert "delete element ip pylvs masq { tcp . 198.51.100.12 . 12 }" in nft[0]
+
+
+def test_an_exception_in_the_loop_undoes_the_host_changes(tmp_path):
+    """Whatever ends the loop, the journal is played back before the daemon exits."""
+    from lvs.daemon import Daemon
+    from lvs.hostconf import HostChanges
+    marker = tmp_path / "undone"
+    log = []
+    daemon = Daemon(str(tmp_path / "lvs.sock"))
+    daemon.log = log.append
+    daemon.bind()
+    daemon.changes = HostChanges(str(tmp_path / "daemon.state"), log=log.append, owner="lvs daemon")
+    daemon.changes.claim()
+    daemon.changes.command(["true"], ["touch", str(marker)], "a change to undo")
+    assert (tmp_path / "daemon.state").exists()
+
+    class Broken:
+        ports = []
+        counters = {}
+
+        def next_deadline(self):
+            return 0.0
+
+        def timers(self, now):
+            raise RuntimeError("bug in a timer")
+
+        def close(self):
+            pass
+
+    daemon.director = Broken()
+    with pytest.raises(RuntimeError):
+        daemon.serve_forever()
+    assert marker.exists() and not (tmp_path / "daemon.state").exists()
+    assert not (tmp_path / "lvs.sock").exists()
+    assert any("undo: touch" in line for line in log)
