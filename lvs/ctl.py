@@ -14,6 +14,10 @@ answers with one JSON object and a newline, and closes. Version 1:
   {"pylvs": 1, "op": "feed", "path": "/abs/capture.pcap"}
       -> {"pylvs": 1, "status": 0, "packets": N, "sent": N, "drops": {...}}
       a capture run through the engine as `lvs replay` runs it.
+  {"pylvs": 1, "op": "stats"}
+      -> {"pylvs": 1, "drops": {...}, "director": {...} or null}
+      the engine's drop counters and, with --iface, the live side's counters
+      (ARP answers, frames to the engine, sent, ring drops per port...).
   {"pylvs": 1, "op": "ping"}  -> {"pylvs": 1, "pid": N, "version": "..."}
   {"pylvs": 1, "op": "stop"}  -> {"pylvs": 1, "stopping": true}
 

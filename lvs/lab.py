@@ -726,6 +726,8 @@ class Lab:
         self.stage = 0
         self.stages = 8
         self.keep = False
+        self.daemon_log = None
+        self.log_seen = 0
 
     def say(self, text=""):
         self.out.write(text + "\n")
@@ -777,7 +779,8 @@ class Lab:
         log_path = os.path.join(topo.workdir, "daemon.log")
         r = topo.start_daemon(log_path=log_path)
         self.say(_indent(r.stdout + r.stderr).rstrip("\n"))
-        self._show_log(log_path)
+        self.daemon_log = log_path
+        self.log_seen = self._log_size()
 
         self.step("typing the tutorial's rules, ports and all")
         self.lvsadm("-A", "-t", vip, "-s", self.scheduler)
@@ -785,6 +788,7 @@ class Lab:
             method = self.methods[role]
             self.lvsadm("-a", "-t", vip, "-r", "%s:%d" % (topo.ip(role), self.typed_port(role)),
                         METHOD_FLAG[method], "-w", "1")
+        self._new_log_lines("the daemon, following the rules")
         self.say("      # lvsadm-save -n")
         r = topo.lvsadm_save("-n")
         if r.returncode != 0:
@@ -793,12 +797,12 @@ class Lab:
         saved = self._saved_ports(r.stdout)
         rewritten = [role for role in topo.servers if saved.get(topo.ip(role)) not in (None, self.typed_port(role))]
         if rewritten:
-            self.say("      Look at the ports: %s were typed with %s and are kept as :80."
+            self.say("      Look at the ports: %s, typed as %s, are listed with :80."
                      % (" and ".join("%s (%s)" % (topo.ip(r_), METHOD_NAME[self.methods[r_]]) for r_ in rewritten),
                         " and ".join(":%d" % self.typed_port(r_) for r_ in rewritten)))
-            self.say("      Direct routing only changes the frame's MAC, and a tunnel wraps the packet whole: the")
-            self.say("      server gets it still addressed to %s, so its port cannot change; lvsadm, as ipvsadm," % vip)
-            self.say("      sets it to the service's. Only NAT rewrites the destination, port included.")
+            self.say("      Direct routing changes only the frame's MAC and a tunnel wraps the packet whole, so the")
+            self.say("      server gets it still addressed to %s: its port cannot change, and lvsadm (as" % vip)
+            self.say("      ipvsadm) sets it to the service's. Only NAT rewrites the destination, port included.")
         else:
             self.say("      No port was rewritten: none of these servers uses DR or tunnelling.")
 
@@ -847,6 +851,8 @@ class Lab:
         self.say("      answers: %s" % ", ".join("%s %d" % (role, answered[role]) for role in topo.servers))
 
         self.step("what the director saw")
+        # -Ln --stats shows the counters as of the estimator's last 2-second tick, as the kernel does.
+        time.sleep(2.1)
         self.lvsadm("-Ln", "--stats", check=False)
         self.lvsadm("-Lnc", check=False)
         if tunnel:
@@ -856,14 +862,24 @@ class Lab:
             self.say(_indent(trace or "(none captured)").rstrip("\n"))
         return 1 if failures else 0
 
-    def _show_log(self, path):
+    def _log_size(self):
         try:
-            with open(path) as f:
-                text = f.read()
+            return os.path.getsize(self.daemon_log)
+        except OSError:
+            return 0
+
+    def _new_log_lines(self, what):
+        """What the daemon logged since we last looked (its host changes, as lvsadm drives them)."""
+        try:
+            with open(self.daemon_log, "rb") as f:
+                f.seek(self.log_seen)
+                text = f.read().decode("utf-8", "replace")
         except OSError:
             return
+        self.log_seen += len(text.encode("utf-8"))
         if text.strip():
-            self.say(_indent(text).rstrip("\n"))
+            self.say("      (%s:)" % what)
+            self.say(_indent(text, "        ").rstrip("\n"))
 
     @staticmethod
     def _saved_ports(text):
@@ -906,13 +922,19 @@ class Lab:
         return text
 
 
-def _keep_notes(topo, out):
-    bindir = os.path.dirname(sys.executable)
-    lvsadm = os.path.join(bindir, "lvsadm")
-    if not os.path.exists(lvsadm):
-        lvsadm = "%s -c %r" % (sys.executable, _LVSADM)
+def _own_command(name, fallback):
+    """How to type one of pylvs's commands: the script beside our interpreter, if installed."""
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    return path if os.path.exists(path) else fallback
+
+
+def _keep_notes(lab, out, failed=False):
+    topo = lab.topo
+    lvsadm = _own_command("lvsadm", "%s -c %r" % (sys.executable, _LVSADM))
+    lvs = _own_command("lvs", "%s -m lvs" % sys.executable)
     w = out.write
-    w("\nThe lab is up (--keep). Enter a host with `ip netns exec NAME COMMAND`:\n")
+    w("\nThe lab is left up (--keep)%s. Enter a host with `ip netns exec NAME COMMAND`:\n"
+      % (", as far as it got" if failed else ""))
     for host in topo.hosts.values():
         w("  %-9s ip netns exec %s bash\n" % (host.role, host.netns))
     d, c = topo.netns("director"), topo.netns("client")
@@ -920,11 +942,12 @@ def _keep_notes(topo, out):
     w("  ip netns exec %s %s -Ln --stats\n" % (d, lvsadm))
     w("  ip netns exec %s %s -Lnc\n" % (d, lvsadm))
     w("  ip netns exec %s curl -s --max-time 5 http://%s/\n" % (c, topo.vip))
-    tunnel = topo.netns(topo.servers[1]) if len(topo.servers) > 1 else topo.netns(topo.servers[0])
-    w("  ip netns exec %s tcpdump -n -i %s -c 20 'ip proto 4'\n" % (tunnel, IFACE))
+    for role in topo.servers:
+        if lab.methods[role] == "tunnel":
+            w("  ip netns exec %s tcpdump -n -i %s -c 20 'ip proto 4'\n" % (topo.netns(role), IFACE))
+            break
     w("  ip netns exec %s tcpdump -n -i %s -c 20 host %s\n" % (d, IFACE, topo.vip))
-    w("Remove it with: %s -m lvs lab down%s\n" % (sys.executable,
-                                                 "" if topo.tag == DEFAULT_TAG else " --tag " + topo.tag))
+    w("Remove it with: %s lab down%s\n" % (lvs, "" if topo.tag == DEFAULT_TAG else " --tag " + topo.tag))
 
 
 def lab_down(tag, every=False, out=sys.stdout):
@@ -975,7 +998,7 @@ def lab_main(args, out=sys.stdout, err=sys.stderr):
     topo = Topology(tag=args.tag, servers=len(methods), log=lambda text: None)
     lab = Lab(topo, methods, scheduler=args.scheduler, requests=args.requests, out=out)
     lab.keep = args.keep
-    status, keep = 1, False
+    status, keep, failed = 1, False, False
     try:
         try:
             left = remove_leftovers(args.tag, log=lambda text: out.write("      %s\n" % text))
@@ -983,8 +1006,12 @@ def lab_main(args, out=sys.stdout, err=sys.stderr):
                 out.write("lvs lab: removed a leftover lab from an earlier run: %s\n" % ", ".join(left))
             status = lab.run()
             keep = args.keep
-        except LabError as e:
+        except (LabError, OSError, subprocess.TimeoutExpired) as e:
+            if isinstance(e, subprocess.TimeoutExpired):
+                e = "%s: no end within %.0f s" % (" ".join(e.cmd[4:] if e.cmd[:3] == ["ip", "netns", "exec"]
+                                                          else e.cmd), e.timeout)
             err.write("lvs lab: %s\n" % e)
+            failed = True
             keep = args.keep and topo.built
         except (KeyboardInterrupt, _Terminated):
             err.write("\nlvs lab: interrupted\n")
@@ -996,7 +1023,7 @@ def lab_main(args, out=sys.stdout, err=sys.stderr):
         try:
             if keep:
                 topo._procs = [(p, w) for p, w in topo._procs if p.poll() is None]
-                _keep_notes(topo, out)
+                _keep_notes(lab, out, failed)
             else:
                 out.write("[done] cleaning up: stopping the daemon and the real-server helpers, "
                           "deleting the namespaces\n")
