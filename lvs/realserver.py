@@ -258,7 +258,7 @@ def _setup_nat(changes, iface, director):
 
 
 def _guard_table(encap, gue_port):
-    rules = {"ipip": "ip protocol ipip drop", "gre": "ip protocol gre drop",
+    rules = {"ipip": "ip protocol 4 drop", "gre": "ip protocol 47 drop",  # numbers: names differ by /etc/protocols
              "gue": "udp dport %d drop" % (gue_port or 0)}[encap]
     return ("    chain input {\n        type filter hook input priority filter - 10; policy accept;\n"
             "        %s\n    }" % rules)
@@ -362,6 +362,12 @@ def _tunnel(args, changes, vips, log):
     iface = args.iface
     changes.sysctl("net.ipv4.conf.%s.arp_ignore" % iface, 2,
                    "answer ARP on %s only for its own addresses, from senders on its subnet" % iface)
+    for scope in ("all", iface):
+        # Our replies leave from the VIP: without this, the ARP request that
+        # resolves the client would name the VIP as its sender, and the
+        # client would send the next packets for the VIP to us, not the director.
+        changes.sysctl("net.ipv4.conf.%s.arp_announce" % scope, 2,
+                       "never name the VIP as the source of our own ARP requests")
     kernel = args.kernel or (not args.userspace and args.encap == "ipip" and _kernel_ipip())
     if kernel:
         if args.encap != "ipip":
