@@ -9,11 +9,11 @@ pair created there, with its other end put straight into the host's
 namespace. Nothing (no interface, address or route) is added to the
 namespace `lvs lab` is started from.
 
-    client 198.51.100.1 ─┐
-    director 198.51.100.3 ┤   (VIP 198.51.100.2: answered by the daemon, on no interface)
-    rs1 198.51.100.10 ────┼── br0 in lvslab-TAG-switch
-    rs2 198.51.100.11 ────┤
-    rs3 198.51.100.12 ────┘
+    client   198.51.100.1  ──┐
+    director 198.51.100.3  ──┤   (VIP 198.51.100.2: on no interface; the daemon answers ARP for it)
+    rs1      198.51.100.10 ──┼── br0 in lvslab-TAG-switch
+    rs2      198.51.100.11 ──┤
+    rs3      198.51.100.12 ──┘
 
 Each veth end has its offloads turned off: with them on, veth hands
 AF_PACKET readers TCP packets with partial checksums and 64 KB GSO
