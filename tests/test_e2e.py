@@ -36,9 +36,8 @@ _HOLD_SERVER = r"""
 import socket, sys, threading
 name = sys.argv[1].encode()
 def serve(c):
-    with c:
+    with c, c.makefile("rb") as f:  # both closed: PyPy frees neither by refcount
         c.sendall(name + b"\n")
-        f = c.makefile("rb")
         for line in f:
             c.sendall(line)
 def listen(port):
