@@ -170,3 +170,26 @@ else:
     r = topo.python("director", probe, VIP, "198.51.100.3", topo.ip("rs1"), CLIENT, timeout=30)
     assert r.stdout.split() == ["answer", VIP, CLIENT, "80", "40123", "SA"], r.stdout + r.stderr
     assert topo.lvs("rs1", "realserver", "--down").returncode == 0
+
+
+@root
+@pytest.mark.parametrize("encap, options", [("gue", ["--tun-type", "gue", "--tun-port", "6080"]),
+                                            ("gre", ["--tun-type", "gre", "--tun-nocsum"]),
+                                            ("gre", ["--tun-type", "gre", "--tun-csum"])])
+def test_gue_and_gre_services_through_the_director(rs_host, encap, options):
+    """The director encapsulates as the service says; the helper unwraps the same."""
+    topo = rs_host
+    topo.start_daemon()
+    assert topo.lvsadm("-A", "-t", VIP + ":80", "-s", "rr").returncode == 0
+    r = topo.lvsadm("-a", "-t", VIP + ":80", "-r", topo.ip("rs1"), "-i", *options)
+    assert r.returncode == 0, r.stderr
+    argv = topo.realserver_argv("rs1", "tunnel") + ["--encap", encap]
+    if encap == "gue":
+        argv += ["--gue-port", "6080"]
+    topo._realservers.add("rs1")
+    r = topo.lvs("rs1", *argv)
+    assert r.returncode == 0, r.stderr
+    topo.http_server("rs1", "11", port=80, lifetime=60)
+    for _ in range(2):
+        res = topo.http_get("http://%s/" % VIP, timeout=4)
+        assert res.ok and res.body.strip() == "11", res
