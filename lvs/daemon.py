@@ -24,7 +24,7 @@ import time
 from . import __version__, ctl
 from .engine import Engine
 from .errors import ConfigError
-from .hostconf import HostChanges, HostError
+from .hostconf import HostChanges, HostError, process_alive
 from .loop import Loop
 from .pcap import CaptureError
 
@@ -390,15 +390,6 @@ def cleanup(state_path=None, out=sys.stdout):
     return 0
 
 
-def _running(pid):
-    """Is `pid` a live process (a zombie left for a busy init does not count)?"""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def stop(path, out=sys.stdout):
     """`lvs daemon --stop`: stop the daemon on `path` and wait until it is gone."""
     try:
@@ -409,7 +400,7 @@ def stop(path, out=sys.stdout):
         return 0
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
-        if not _running(pid):
+        if not process_alive(pid):
             break
         time.sleep(0.05)
     else:

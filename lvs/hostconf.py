@@ -187,14 +187,15 @@ def cleanup(state_path, log=None, owner="lvs"):
     except (OSError, ValueError) as e:
         return True, ["cannot read %s: %s" % (state_path, e)]
     pid = state.get("pid")
-    if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+    if isinstance(pid, int) and pid != os.getpid() and process_alive(pid):
         return True, ["pid %d, which made these changes, is still running: stop it instead" % pid]
     failures = undo_steps(state.get("undo", []), log, owner)
     os.unlink(state_path)
     return True, failures
 
 
-def _alive(pid):
+def process_alive(pid):
+    """Is `pid` a live process (a zombie left for a busy init does not count)?"""
     try:
         with open("/proc/%d/stat" % pid) as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"

@@ -48,6 +48,8 @@ import sys
 import tempfile
 import time
 
+from .hostconf import process_alive
+
 PREFIX = "lvslab-"
 DEFAULT_TAG = "lab"
 ALLOWED_NETS = tuple(ipaddress.ip_network(n) for n in
@@ -164,14 +166,6 @@ def _role_of(netns):
     return netns.rsplit("-", 1)[-1]
 
 
-def _alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _cmdline(pid):
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as f:
@@ -182,17 +176,17 @@ def _cmdline(pid):
 
 def _end_pids(pids, log, grace=3.0):
     """SIGTERM, then SIGKILL what is left after `grace` seconds."""
-    pids = [p for p in pids if p != os.getpid() and _alive(p)]
+    pids = [p for p in pids if p != os.getpid() and process_alive(p)]
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(process_alive(p) for p in pids):
         time.sleep(0.05)
     for pid in pids:
-        if _alive(pid):
+        if process_alive(pid):
             log("killing pid %d (%s): still running %.0f s after SIGTERM" % (pid, _cmdline(pid), grace))
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -28,7 +28,6 @@ Each change is printed with its reason and journalled (lvs/hostconf.py);
 `--down` undoes them, stopping a running decapsulator first.
 """
 
-import argparse
 import ipaddress
 import json
 import os
@@ -258,7 +257,8 @@ def _setup_nat(changes, iface, director):
 
 
 def _guard_table(encap, gue_port):
-    rules = {"ipip": "ip protocol 4 drop", "gre": "ip protocol 47 drop",  # numbers: names differ by /etc/protocols
+    # Protocol numbers, not names: /etc/protocols calls 4 "ipencap" and 94 "ipip".
+    rules = {"ipip": "ip protocol 4 drop", "gre": "ip protocol 47 drop",
              "gue": "udp dport %d drop" % (gue_port or 0)}[encap]
     return ("    chain input {\n        type filter hook input priority filter - 10; policy accept;\n"
             "        %s\n    }" % rules)
@@ -293,11 +293,11 @@ def down(state_path, out):
         return 0
     except (OSError, ValueError):
         pid = None
-    if isinstance(pid, int) and pid != os.getpid() and hostconf._alive(pid) and _is_ours(pid):
+    if isinstance(pid, int) and pid != os.getpid() and hostconf.process_alive(pid) and _is_ours(pid):
         # The decapsulator undoes its own changes when it ends.
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        while hostconf._alive(pid) and time.monotonic() < deadline:
+        while hostconf.process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if not os.path.exists(state_path):
             out.write("lvs realserver: stopped pid %d; host restored\n" % pid)

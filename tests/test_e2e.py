@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from lvs.lab import LabError, Topology
+from lvs.lab import Topology
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, AF_PACKET, nftables")
 

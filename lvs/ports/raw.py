@@ -16,7 +16,6 @@ would see reaches the loop.
 """
 
 import mmap
-import os
 import socket
 import struct
 
