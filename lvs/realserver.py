@@ -1,31 +1,29 @@
-"""`lvs realserver`: prepare this host (or namespace) to be an IPVS real server.
+"""`lvs realserver`: prepare this host (or network namespace) to be an IPVS real server.
 
-What the tutorial (../shared/seeds) and the LVS documents tell a real
-server's administrator to type, done and explained, and undone by `--down`:
+What each forwarding method needs on the real server, as the tutorial and
+"ARP problem in VS/TUN and VS/DR" describe it:
 
-  dr      the VIP on lo, so the host accepts packets the director sends to its
-          MAC still addressed to the VIP; arp_ignore=1 and arp_announce=2, so it
-          never answers ARP for the VIP nor uses it in its own requests (only
-          the director may: the "ARP problem" of LVS-DR).
-  tunnel  the VIP on the tunnel device, with arp_ignore=8 there (never answer
-          ARP on it), arp_ignore=2 on the outside interface, rp_filter loose on
-          the tunnel device (the client's address is not routed through it).
-          Where the ipip module exists, the kernel's tunl0 decapsulates, as in
-          the tutorial. Where it does not (this machine; many containers), we
-          do: IPIP, GRE and GUE packets arriving on the outside interface are
-          read from an AF_PACKET socket, reassembled if fragmented, checked and
-          unwrapped, and the inner packet handed to the local stack through a
-          TUN device that carries the VIP. An nftables table keeps the kernel
-          from answering the tunnel packets itself (ICMP protocol or port
-          unreachable). The host's own TCP stack then answers the client
-          directly, from the VIP, as in the tutorial's tcpdump.
-  nat     every reply must pass back through the director: the default route
-          via the director, and the on-link subnet too (a client on the same
-          segment would otherwise be answered directly, from the real server's
-          own address, and drop the answer).
+  dr      the VIP on lo, so that the stack accepts packets addressed to it,
+          and ARP kept quiet about it (arp_ignore=1, arp_announce=2): only
+          the director may answer who-has VIP.
+  tunnel  the VIP on the tunnel device (arp_ignore=8 there), arp_ignore=2 on
+          the outside interface, loose rp_filter on the tunnel device (the
+          client's address is not routed through it). With the kernel's ipip
+          module that device is tunl0 and the kernel decapsulates. Without it
+          (or for gue and gre), this process decapsulates: it reads the
+          tunnel packets from the outside interface (AF_PACKET), writes the
+          inner packets into a TUN device holding the VIP, and an nftables
+          table of ours keeps the kernel from answering the tunnel packets
+          itself (protocol or port unreachable). The replies leave through
+          the normal routes, from the VIP, straight to the client.
+  nat     the default route through the director, so replies pass it.
 
-Each change is printed with its reason and journalled (lvs/hostconf.py);
-`--down` undoes them, stopping a running decapsulator first.
+Every change goes through the host-change journal (lvs/hostconf.py): it is
+printed with its reason and written to the state file before it is made,
+and `--down` undoes exactly what was done, also after a SIGKILL.
+
+The decapsulation itself (decap_frame, decap_packet, Decapsulator) is pure:
+bytes in, an inner packet or a drop reason out, so it is tested without root.
 """
 
 import ipaddress
@@ -34,476 +32,892 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
+import traceback
+from collections import Counter
 
 from . import hostconf
-from .checksum import checksum, l4_checksum
-from .defrag import Reassembler
-from .hostconf import HostChanges, HostError
+from .checksum import checksum
+from .defrag import Reassembled, Reassembler
 
-IPPROTO_IPIP, IPPROTO_UDP, IPPROTO_GRE = 4, 17, 47
-GRE_CSUM, GRE_ROUTING, GRE_KEY, GRE_SEQ, GRE_VERSION = 0x8000, 0x4000, 0x2000, 0x1000, 0x0007
-ETH_P_IP = 0x0800
+OWNER = "lvs realserver"
 TUN_NAME = "lvstun0"
+NFT_TABLE = "pylvs_rs"
+ENCAP_PROTO = {"ipip": 4, "gre": 47, "gue": 17}
 BATCH = 64
 
+# ---------------------------------------------------------------- decapsulation (pure)
 
-class RealServerError(Exception):
-    """Why the host cannot be prepared; printed, non-zero exit."""
+ETH_P_IP = 0x0800
+VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
+IP_MF_OFFSET = 0x3FFF
+GRE_CSUM = 0x8000
+GRE_MUST_BE_ZERO = 0x7C00     # RFC 2784: bits 1-5 (routing, key, sequence, strict route, recursion)
+GRE_VERSION = 0x0007
+GUE_FLAG_PRIV = 0x0001        # struct guehdr flags (include/net/gue.h), host order of the be16
+GUE_PFLAG_REMCSUM = 0x80000000
+INET_ECN_CE = 3
 
-
-# ---------------------------------------------------------------- decapsulation
-
-def _ipv4_ok(packet, end):
-    """A well-formed IPv4 header within packet[:end]: (ihl, total length) or a drop reason."""
-    if end < 20:
-        return "truncated"
-    if packet[0] >> 4 != 4:
-        return "not_ipv4"
-    ihl = (packet[0] & 15) << 2
-    if ihl < 20 or ihl > end:
-        return "bad_header_length"
-    tot = (packet[2] << 8) | packet[3]
-    if tot < ihl or tot > end:
-        return "bad_total_length"
-    if checksum(packet[:ihl]):
-        return "bad_ip_checksum"
-    return ihl, tot
+# Reasons that mean "not a tunnel packet for us": left alone, not counted as drops.
+IGNORED = frozenset(("not_ipv4", "not_local", "not_tunnel"))
+QUEUED = "fragment_queued"    # a fragment held for reassembly: neither a drop nor a packet yet
 
 
-def decapsulate(packet, encap, vips, gue_port=None):
-    """Unwrap one whole (reassembled) outer IPv4 packet.
+def ip_of_frame(frame):
+    """The IPv4 packet of an Ethernet frame, 802.1Q/802.1ad tags skipped; None if not IPv4."""
+    off = 12
+    while len(frame) >= off + 2:
+        ethertype = (frame[off] << 8) | frame[off + 1]
+        if ethertype == ETH_P_IP:
+            return frame[off + 2:]
+        if ethertype not in VLAN_TPIDS:
+            return None
+        off += 4
+    return None
 
-    Returns (inner packet, None) or (None, drop reason). encap is "ipip",
-    "gre" or "gue"; vips the set of 4-byte VIPs the inner packet may be for.
+
+def decap_frame(frame, encap, local, vips, gue_port=None):
+    """decap_packet on an Ethernet frame."""
+    packet = ip_of_frame(frame)
+    if packet is None:
+        return None, "not_ipv4"
+    return decap_packet(packet, encap, local, vips, gue_port)
+
+
+def decap_packet(packet, encap, local, vips, gue_port=None, reasm=None, now=0.0):
+    """Decapsulate one outer IPv4 packet: (inner packet, None) or (None, reason).
+
+    `local` and `vips` are sets of 4-byte addresses: the outer destination
+    must be one of ours, the inner one a VIP. Fragments are dropped
+    ("outer_fragment") unless a Reassembler is given; then they are queued
+    and the datagram they complete is decapsulated. Never raises on
+    malformed input.
     """
-    outer = _ipv4_ok(packet, len(packet))
-    if isinstance(outer, str):
-        return None, outer
-    ihl, tot = outer
+    if len(packet) < 20 or packet[0] >> 4 != 4:
+        return None, "outer_header"
+    ihl = (packet[0] & 15) << 2
+    if ihl < 20 or len(packet) < ihl:
+        return None, "outer_header"
+    if packet[16:20] not in local:
+        return None, "not_local"
     proto = packet[9]
-    start = ihl
+    if proto != ENCAP_PROTO[encap]:
+        return None, "not_tunnel"
+    total = (packet[2] << 8) | packet[3]
+    if total < ihl or total > len(packet):
+        return None, "outer_length"
+    if checksum(packet[:ihl]):
+        return None, "outer_checksum"
+    packet = packet[:total]   # Ethernet padding off, as ip_rcv trims
+    if ((packet[6] << 8) | packet[7]) & IP_MF_OFFSET:
+        if reasm is None:
+            return None, "outer_fragment"
+        done = reasm.add(packet, ihl, now)
+        if done is None:
+            return None, QUEUED
+        if not isinstance(done, Reassembled):
+            return None, done
+        packet = done.packet
+        if len(packet) < ihl:   # cannot happen, but malformed input must never raise
+            return None, "outer_length"
+    payload = packet[ihl:]
     if encap == "ipip":
-        if proto != IPPROTO_IPIP:
-            return None, "not_tunnel"
+        inner, remcsum = payload, None
     elif encap == "gre":
-        if proto != IPPROTO_GRE:
-            return None, "not_tunnel"
-        if tot - ihl < 4:
-            return None, "truncated"
-        flags = (packet[ihl] << 8) | packet[ihl + 1]
-        if flags & (GRE_ROUTING | GRE_KEY | GRE_SEQ | GRE_VERSION):
-            return None, "gre_options"  # IPVS's GRE carries none of these
-        if (packet[ihl + 2] << 8) | packet[ihl + 3] != ETH_P_IP:
-            return None, "gre_protocol"
-        start = ihl + 4
-        if flags & GRE_CSUM:
-            if tot - ihl < 8:
-                return None, "truncated"
-            if checksum(packet[ihl:tot]):
-                return None, "bad_gre_checksum"
-            start = ihl + 8
-    elif encap == "gue":
-        if proto != IPPROTO_UDP:
-            return None, "not_tunnel"
-        if tot - ihl < 12:
-            return None, "truncated"
-        if (packet[ihl + 2] << 8) | packet[ihl + 3] != gue_port:
-            return None, "not_tunnel"
-        ulen = (packet[ihl + 4] << 8) | packet[ihl + 5]
-        if ulen < 12 or ulen > tot - ihl:
-            return None, "bad_udp_length"
-        if (packet[ihl + 6] or packet[ihl + 7]) and l4_checksum(
-                bytes(packet[12:16]), bytes(packet[16:20]), IPPROTO_UDP, bytes(packet[ihl:ihl + ulen])) != 0:
-            return None, "bad_udp_checksum"
-        g = ihl + 8
-        if packet[g] >> 6 != 0:
-            return None, "gue_version"   # IPVS sends GUE version 0
-        if packet[g] & 0x20:
-            return None, "gue_control"
-        if packet[g + 1] != IPPROTO_IPIP:
-            return None, "gue_protocol"
-        start = g + 4 + ((packet[g] & 0x1F) << 2)
-        tot = ihl + ulen
+        inner, reason = _gre(payload)
+        if inner is None:
+            return None, reason
+        remcsum = None
     else:
-        raise ValueError(encap)
-    inner = packet[start:tot]
-    checked = _ipv4_ok(inner, len(inner))
-    if isinstance(checked, str):
-        return None, "inner_" + checked
-    if bytes(inner[16:20]) not in vips:
+        if len(payload) < 8:
+            return None, "udp_truncated"
+        if gue_port is None or ((payload[2] << 8) | payload[3]) != gue_port:
+            return None, "not_tunnel"
+        inner, remcsum = _gue(packet[12:20], payload)
+        if inner is None:
+            return None, remcsum
+    return _inner(packet[1], inner, vips, remcsum)
+
+
+def _gre(payload):
+    """GRE (RFC 2784) as IPVS sends it: protocol 0x0800, optionally a checksum."""
+    if len(payload) < 4:
+        return None, "gre_truncated"
+    flags = (payload[0] << 8) | payload[1]
+    if flags & GRE_VERSION:
+        return None, "gre_version"
+    if flags & GRE_MUST_BE_ZERO:
+        return None, "gre_flags"     # routing, key, sequence: not what IPVS sends
+    hlen = 8 if flags & GRE_CSUM else 4
+    if len(payload) < hlen:
+        return None, "gre_truncated"
+    if flags & GRE_CSUM and checksum(payload):
+        return None, "gre_checksum"  # over the GRE header and the payload
+    if ((payload[2] << 8) | payload[3]) != ETH_P_IP:
+        return None, "gre_protocol"
+    return payload[hlen:], None
+
+
+def _gue(addresses, payload):
+    """UDP + GUE (ipvs_gue_encap, fou's gue_udp_recv): the inner packet and its remote
+    checksum offload (start, position) or None; or (None, reason)."""
+    length = (payload[4] << 8) | payload[5]
+    if length < 8 or length > len(payload):
+        return None, "udp_length"
+    payload = payload[:length]
+    if payload[6] or payload[7]:
+        pseudo = addresses + b"\0\x11" + struct.pack("!H", length)
+        if checksum(pseudo + payload):
+            return None, "udp_checksum"
+    if len(payload) < 12:
+        return None, "gue_truncated"
+    version = payload[8] >> 6
+    if version == 1:                 # direct IP: the IP header is the GUE header
+        if payload[8] >> 4 != 4:
+            return None, "gue_protocol"
+        return payload[8:], None
+    if version != 0:
+        return None, "gue_version"
+    if payload[8] & 0x20:
+        return None, "gue_control"
+    optlen = (payload[8] & 0x1F) << 2
+    if payload[9] != 4:
+        return None, "gue_protocol"   # only IPIP: what IPVS sends
+    flags = (payload[10] << 8) | payload[11]
+    if flags & ~GUE_FLAG_PRIV:
+        return None, "gue_flags"
+    if len(payload) < 12 + optlen:
+        return None, "gue_truncated"
+    remcsum = None
+    if flags & GUE_FLAG_PRIV:
+        if optlen < 4:
+            return None, "gue_options"
+        pflags = struct.unpack_from("!I", payload, 12)[0]
+        if pflags & ~GUE_PFLAG_REMCSUM:
+            return None, "gue_flags"
+        if pflags & GUE_PFLAG_REMCSUM:
+            if optlen < 8:
+                return None, "gue_options"
+            remcsum = struct.unpack_from("!HH", payload, 16)
+    return payload[12 + optlen:], remcsum
+
+
+def _inner(outer_tos, inner, vips, remcsum):
+    if len(inner) < 20:
+        return None, "inner_truncated"
+    if inner[0] >> 4 != 4:
+        return None, "inner_not_ipv4"
+    ihl = (inner[0] & 15) << 2
+    if ihl < 20 or len(inner) < ihl:
+        return None, "inner_header"
+    total = (inner[2] << 8) | inner[3]
+    if total < ihl or total > len(inner):
+        return None, "inner_length"
+    if checksum(inner[:ihl]):
+        return None, "inner_checksum"
+    if inner[16:20] not in vips:
         return None, "inner_not_vip"
-    return bytes(inner[:checked[1]]), None
+    inner = inner[:total]
+    if remcsum is not None:
+        # Remote checksum offload: the director left the inner L4 checksum partial
+        # (the pseudo-header sum in place); finish it as skb_remcsum_process does.
+        start, pos = remcsum
+        if start < ihl or pos < start or pos + 2 > total:
+            return None, "gue_remcsum"
+        buf = bytearray(inner)
+        struct.pack_into("!H", buf, pos, checksum(buf[start:]))
+        inner = bytes(buf)
+    if outer_tos & 3 == INET_ECN_CE:
+        # INET_ECN_decapsulate: CE on a not-ECT packet is an error; on ECT it is kept.
+        if inner[1] & 3 == 0:
+            return None, "ecn"
+        if inner[1] & 3 != INET_ECN_CE:
+            buf = bytearray(inner)
+            buf[1] |= INET_ECN_CE
+            buf[10:12] = b"\0\0"
+            struct.pack_into("!H", buf, 10, checksum(buf[:ihl]))
+            inner = bytes(buf)
+    return inner, None
 
 
 class Decapsulator:
-    """AF_PACKET in, TUN out: the userspace stand-in for the ipip (gre, fou) module."""
+    """decap_frame with outer fragment reassembly and counters (no I/O)."""
 
-    def __init__(self, raw, tun, encap, vips, local_addrs, gue_port=None):
-        self.raw, self.tun = raw, tun
-        self.encap, self.vips, self.gue_port = encap, vips, gue_port
-        self.local = local_addrs
-        self.defrag = Reassembler()
+    def __init__(self, encap, vips, local, gue_port=None):
+        self.encap = encap
+        self.vips = set(vips)
+        self.local = set(local)
+        self.gue_port = gue_port
+        self.reasm = Reassembler()
         self.decapsulated = 0
-        self.drops = {}
-        self.proto = {"ipip": IPPROTO_IPIP, "gre": IPPROTO_GRE, "gue": IPPROTO_UDP}[encap]
+        self.drops = Counter()
+        self.ignored = Counter()
 
-    def _drop(self, reason):
-        self.drops[reason] = self.drops.get(reason, 0) + 1
-
-    def receive(self, frames, now):
-        mac = self.raw.mac
-        for frame in frames:
-            if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[0:6] != mac:
-                continue
-            packet = frame[14:]
-            if packet[9] != self.proto or bytes(packet[16:20]) not in self.local:
-                continue  # not a tunnel packet for us: the host's business
-            try:
-                self._one(bytearray(packet), now)
-            except Exception:  # malformed input must never stop the helper
-                self._drop("internal_error")
-
-    def _one(self, packet, now):
-        ok = _ipv4_ok(packet, len(packet))
-        if isinstance(ok, str):
-            return self._drop(ok)
-        ihl, tot = ok
-        packet = packet[:tot]
-        if ((packet[6] << 8) | packet[7]) & 0x3FFF:
-            r = self.defrag.add(packet, ihl, now)
-            if r is None:
-                return
-            if isinstance(r, str):
-                return self._drop(r)
-            packet = bytearray(r.packet)
-        inner, reason = decapsulate(packet, self.encap, self.vips, self.gue_port)
-        if inner is None:
-            return self._drop(reason)
-        if self.tun.send(inner):
+    def frame(self, frame, now):
+        packet = ip_of_frame(frame)
+        if packet is None:
+            self.ignored["not_ipv4"] += 1
+            return None
+        inner, reason = decap_packet(packet, self.encap, self.local, self.vips, self.gue_port,
+                                     self.reasm, now)
+        if inner is not None:
             self.decapsulated += 1
-        else:
-            self._drop("tun_write")
+        elif reason in IGNORED:
+            self.ignored[reason] += 1
+        elif reason != QUEUED:
+            self.drops[reason] += 1
+        return inner
 
-    def next_deadline(self):
-        return self.defrag.next_deadline()
+    def expire(self, now):
+        for _ in self.reasm.expire(now):
+            self.drops["fragment_timeout"] += 1
 
     def summary(self):
-        drops = " ".join("%s=%d" % kv for kv in sorted(self.drops.items()))
-        return "decapsulated %d, dropped %s" % (self.decapsulated, drops or "none")
+        drops = " ".join("%s=%d" % kv for kv in sorted(self.drops.items())) or "none"
+        return "decapsulated %d packets; dropped: %s" % (self.decapsulated, drops)
 
 
-# ---------------------------------------------------------------- host setup
+# ---------------------------------------------------------------- host facts
 
-def _addresses(ifname):
-    out = hostconf.run(["ip", "-j", "-4", "addr", "show", "dev", ifname])
-    return [(a["local"], a.get("prefixlen", 32)) for link in json.loads(out or "[]")
-            for a in link.get("addr_info", ()) if a.get("family") == "inet"]
+def _ip_json(*args):
+    return json.loads(hostconf.run(["ip", "-j"] + list(args)) or "[]")
 
 
-def _kernel_ipip():
-    """Does this kernel decapsulate IPIP itself (tunl0 exists or can be made)?"""
-    if os.path.exists("/sys/class/net/tunl0"):
-        return True
+def link_info(ifname):
+    """`ip -j link show dev IF`'s entry, or None if there is no such interface."""
     try:
-        hostconf.run(["ip", "link", "add", "name", "lvsprobe0", "type", "ipip"])
-    except HostError:
-        return False
-    hostconf.run(["ip", "link", "del", "lvsprobe0"], check=False)
-    return True
+        links = _ip_json("link", "show", "dev", ifname)
+    except (hostconf.HostError, ValueError):
+        return None
+    return links[0] if links else None
 
 
-def _setup_dr(changes, vips, iface):
-    for vip in vips:
-        changes.command(["ip", "addr", "add", vip + "/32", "dev", "lo"],
-                        ["ip", "addr", "del", vip + "/32", "dev", "lo"],
-                        "accept packets the director sends to our MAC still addressed to the VIP")
-    for scope in ["all"] + ([iface] if iface else []):
-        changes.sysctl("net.ipv4.conf.%s.arp_ignore" % scope, 1,
-                       "answer ARP only for addresses of the interface asked on: never for the VIP on lo")
-        changes.sysctl("net.ipv4.conf.%s.arp_announce" % scope, 2,
-                       "never name the VIP as the source of our own ARP requests")
+def local_addresses(ifname=None):
+    """{address bytes: interface} of this namespace's IPv4 addresses (of one interface)."""
+    args = ["-4", "addr", "show"] + (["dev", ifname] if ifname else [])
+    found = {}
+    for link in _ip_json(*args):
+        for a in link.get("addr_info", ()):
+            if a.get("family") == "inet":
+                found[socket.inet_aton(a["local"])] = link.get("ifname", "")
+    return found
 
 
-def _setup_nat(changes, iface, director):
-    addrs = _addresses(iface)
-    if not addrs:
-        raise RealServerError("%s has no IPv4 address" % iface)
-    rip, plen = addrs[0]
-    net = ipaddress.IPv4Network("%s/%d" % (rip, plen), strict=False)
-    if ipaddress.IPv4Address(director) not in net:
-        raise RealServerError("the director %s is not on %s's subnet %s" % (director, iface, net))
-    old = json.loads(hostconf.run(["ip", "-j", "-4", "route", "show", "default"]) or "[]")
-    if old:
-        o = old[0]
-        undo = ["ip", "route", "replace", "default"] + (["via", o["gateway"]] if o.get("gateway") else []) + \
-               ["dev", o["dev"]]
-        changes.command(["ip", "route", "replace", "default", "via", director, "dev", iface], undo,
-                        "replies to clients elsewhere go back through the director, which rewrites them")
-    else:
-        changes.command(["ip", "route", "add", "default", "via", director, "dev", iface],
-                        ["ip", "route", "del", "default", "via", director, "dev", iface],
-                        "replies to clients elsewhere go back through the director, which rewrites them")
-    if net.prefixlen < 32:
-        changes.command(["ip", "route", "add", director + "/32", "dev", iface, "src", rip],
-                        ["ip", "route", "del", director + "/32", "dev", iface],
-                        "the director stays on-link when its subnet is routed through it")
-        changes.command(["ip", "route", "replace", str(net), "via", director, "dev", iface, "src", rip],
-                        ["ip", "route", "replace", str(net), "dev", iface, "proto", "kernel", "scope", "link",
-                         "src", rip],
-                        "clients on this segment too: answered directly they would get a reply from %s, "
-                        "not from the VIP, and drop it" % rip)
+def default_routes():
+    """The main table's default routes as `ip route` prints them, one token list each."""
+    out = hostconf.run(["ip", "-4", "route", "show", "table", "main", "exact", "0.0.0.0/0"])
+    routes = []
+    for line in out.splitlines():
+        if line[:1].isspace() and routes:     # a multipath route's "nexthop" lines
+            routes[-1] += line.split()
+        elif line.strip():
+            routes.append(line.split())
+    # State flags are printed but not accepted back (ip route add would refuse them).
+    state = {"linkdown", "dead", "offload", "trap", "notify", "unresolved", "offload_failed",
+             "rt_offload", "rt_trap", "rt_offload_failed"}
+    return [[t for t in r if t not in state] for r in routes]
 
 
-def _guard_table(encap, gue_port):
-    # Protocol numbers, not names: /etc/protocols calls 4 "ipencap" and 94 "ipip".
-    rules = {"ipip": "ip protocol 4 drop", "gre": "ip protocol 47 drop",
-             "gue": "udp dport %d drop" % (gue_port or 0)}[encap]
-    return ("    chain input {\n        type filter hook input priority filter - 10; policy accept;\n"
-            "        %s\n    }" % rules)
+def kernel_ipip():
+    """'present' if tunl0 exists here, 'loadable' if the ipip module is loaded or on disk, else None."""
+    if link_info("tunl0") is not None:
+        return "present"
+    if os.path.isdir("/sys/module/ipip"):
+        return "loadable"   # loaded, but no fallback device in this namespace
+    release = os.uname().release
+    for name in ("modules.builtin", "modules.dep"):
+        try:
+            with open(os.path.join("/lib/modules", release, name)) as f:
+                if "/ipip.ko" in f.read():
+                    return "loadable"
+        except OSError:
+            pass
+    return None
+
+
+# ---------------------------------------------------------------- the settings
+
+class Setup:
+    """The changes one `lvs realserver` makes, through one journal."""
+
+    def __init__(self, args, log):
+        self.args = args
+        self.log = log
+        self.changes = hostconf.HostChanges(args.state_file, log=log, owner=OWNER)
+        self.vips = args.vips
+        self.decap = None          # how a tunnel server decapsulates: "kernel" or "userspace"
+        self.tun = None            # the userspace decapsulator's TunPort
+
+    def note(self, text):
+        self.log("%s: %s" % (OWNER, text))
+
+    def _conf(self, dev, name, value, why):
+        self.changes.sysctl("net.ipv4.conf.%s.%s" % (dev, name), value, why)
+
+    def _add_vips(self, dev):
+        ours = local_addresses()
+        for vip in self.vips:
+            where = ours.get(socket.inet_aton(vip))
+            if where == dev:
+                self.note("%s is already on %s; left as it is" % (vip, dev))
+                continue
+            if where:
+                raise hostconf.HostError("the VIP %s is already on %s: this host would answer ARP "
+                                         "for it there; remove it first" % (vip, where))
+            self.changes.command(["ip", "addr", "add", vip + "/32", "dev", dev],
+                                 ["ip", "addr", "del", vip + "/32", "dev", dev],
+                                 "the VIP as a local address, so that the stack accepts the "
+                                 "director's packets for it and answers from it")
+
+    def _link_up(self, dev, why):
+        info = link_info(dev) or {}
+        if "UP" not in info.get("flags", ()):
+            self.changes.command(["ip", "link", "set", dev, "up"], ["ip", "link", "set", dev, "down"], why)
+
+    # ------------------------------------------------------------ dr
+
+    def dr(self):
+        self._add_vips("lo")
+        for dev in ["all"] + ([self.args.iface] if self.args.iface else []):
+            self._conf(dev, "arp_ignore", 1,
+                       "answer ARP only for addresses on the interface asked (the VIP is on lo): "
+                       "who-has VIP must be answered by the director alone (the kernel uses "
+                       "the larger of all and the interface's value)")
+            self._conf(dev, "arp_announce", 2,
+                       "never put the VIP in our own ARP requests as their sender address, which "
+                       "would teach the neighbours that the VIP is here")
+        return "direct-routing real server for %s ready (VIP on lo, ARP for it left to the director)" \
+            % ", ".join(self.vips)
+
+    # ------------------------------------------------------------ nat
+
+    def nat(self):
+        director = self.args.director
+        for route in default_routes():
+            self.changes.command(["ip", "route", "del"] + route, ["ip", "route", "add"] + route,
+                                 "the director must be the only default route: a NAT real "
+                                 "server's replies go back through it to be rewritten")
+        dev = ["dev", self.args.iface] if self.args.iface else []
+        self.changes.command(["ip", "route", "add", "default", "via", director] + dev,
+                             ["ip", "route", "del", "default", "via", director] + dev,
+                             "replies to clients go to the director, which rewrites their "
+                             "source back to the VIP (ip_vs_out)")
+        return "NAT real server ready (default route via %s)" % director
+
+    # ------------------------------------------------------------ tunnel
+
+    def tunnel(self):
+        a = self.args
+        choice = a.decap
+        if choice != "userspace" and a.encap == "ipip":
+            have = kernel_ipip()
+            if have == "present" or (have == "loadable" and self._create_tunl0(choice == "kernel")):
+                self.decap = "kernel"
+                return self._kernel_tunnel()
+            if choice == "kernel":
+                raise hostconf.HostError("--kernel: this kernel has no ipip module (no tunl0, and "
+                                         "no module to load)")
+            self.note("this kernel has no ipip module (no tunl0): this process decapsulates")
+        elif choice is None:
+            self.note("%s is decapsulated by this process (the kernel path, tunl0, is ipip only)"
+                      % a.encap)
+        self.decap = "userspace"
+        return self._userspace_tunnel()
+
+    def _create_tunl0(self, forced):
+        try:
+            self.changes.command(["ip", "link", "add", "name", "tunl0", "type", "ipip"],
+                                 ["ip", "link", "del", "tunl0"],
+                                 "the kernel's IPIP fallback device, as the tutorial uses it")
+            return True
+        except hostconf.HostError as e:
+            if link_info("tunl0") is not None:
+                return True    # the module came and made it (its fallback device is not ours to delete)
+            if forced:
+                raise
+            self.note("no tunl0 (%s)" % e)
+            return False
+
+    def _tunnel_common(self, dev):
+        self._conf(dev, "arp_ignore", 8, "never answer ARP for the VIP on the tunnel device "
+                   "(the tutorial's 不回应arp请求)")
+        self._conf(dev, "rp_filter", 2,
+                   "loose source validation on the tunnel device: the client's address is routed "
+                   "through the outside interface, not through this device, so strict rp_filter "
+                   "would drop every decapsulated packet (the effective value is the larger of "
+                   "all and the device, and 2 is the largest: `all` need not change)")
+        self._add_vips(dev)
+        self._link_up(dev, "bring the tunnel device up")
+        out = self.args.iface
+        self._conf(out, "arp_ignore", 2, "the outside interface answers ARP only for its own "
+                   "addresses, asked from its own subnet: not for the VIP")
+        self._conf(out, "arp_announce", 2, "and never uses the VIP as the sender of its own "
+                   "ARP requests (the replies leave from the VIP)")
+
+    def _kernel_tunnel(self):
+        self._tunnel_common("tunl0")
+        return "tunnel real server for %s ready (kernel ipip decapsulation on tunl0)" % ", ".join(self.vips)
+
+    def _userspace_tunnel(self):
+        a = self.args
+        if link_info(TUN_NAME) is not None:
+            raise hostconf.HostError("%s exists already; it is not ours to use" % TUN_NAME)
+        if hostconf.run(["nft", "list", "table", "ip", NFT_TABLE], check=False):
+            raise hostconf.HostError("nftables table ip %s exists already (is another lvs "
+                                     "realserver running with another --state-file?)" % NFT_TABLE)
+        self.changes.command(["ip", "tuntap", "add", "dev", TUN_NAME, "mode", "tun"],
+                             ["ip", "link", "del", "dev", TUN_NAME],
+                             "a persistent TUN device: decapsulated packets are written into it and "
+                             "arrive as if received on it; persistent, so that its settings stay "
+                             "until --down undoes them, even if this process is killed")
+        from .ports import TunPort
+        self.tun = TunPort(TUN_NAME)     # attach now: a device nobody holds has no carrier
+        if os.path.exists("/proc/sys/net/ipv6/conf/%s" % TUN_NAME):
+            self.changes.sysctl("net.ipv6.conf.%s.disable_ipv6" % TUN_NAME, 1,
+                                "no IPv6 autoconfiguration traffic into a device nobody reads")
+        self._tunnel_common(TUN_NAME)
+        proto = ENCAP_PROTO[a.encap]
+        match = "udp dport %d" % a.gue_port if a.encap == "gue" else "ip protocol %d" % proto
+        what = {"ipip": "protocol 4 (IPIP): protocol unreachable",
+                "gre": "protocol 47 (GRE): protocol unreachable",
+                "gue": "UDP port %s (GUE): port unreachable" % a.gue_port}[a.encap]
+        body = ("    chain input {\n"
+                "        type filter hook input priority filter; policy accept;\n"
+                '        iifname "%s" %s counter drop\n'
+                "    }" % (a.iface, match))
+        self.changes.nft_table("ip", NFT_TABLE, body,
+                               "this process reads the tunnel packets from %s; the kernel, which "
+                               "cannot decapsulate them, must not answer them with ICMP %s"
+                               % (a.iface, what))
+        return "tunnel real server for %s ready (userspace %s decapsulation on %s -> %s)" % (
+            ", ".join(self.vips), a.encap, a.iface, TUN_NAME)
+
+
+# ---------------------------------------------------------------- the decapsulator's loop
+
+def _addr_watch():
+    """A netlink socket that becomes readable when an IPv4 address changes (RTMGRP_IPV4_IFADDR)."""
+    try:
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        s.bind((0, 0x10))
+        s.setblocking(False)
+        return s
+    except (OSError, AttributeError):
+        return None
+
+
+def run_decapsulator(args, tun, stop, log):
+    """Until `stop` is set (by SIGTERM/SIGINT through the wakeup pipe): frames from --iface in,
+    inner packets into the TUN device. Sleeps in select() when idle."""
+    from .ports import RawPort
+    raw = RawPort(args.iface)
+    watch = _addr_watch()
+    wake_r, wake_w = os.pipe()
+    try:
+        for fd in (wake_r, wake_w):
+            os.set_blocking(fd, False)
+        old_wakeup = signal.set_wakeup_fd(wake_w)
+        dec = Decapsulator(args.encap, [socket.inet_aton(v) for v in args.vips],
+                           local_addresses(args.iface), args.gue_port)
+        sel = selectors.DefaultSelector()
+        sel.register(raw.fileno(), selectors.EVENT_READ, "raw")
+        sel.register(tun.fileno(), selectors.EVENT_READ, "tun")
+        sel.register(wake_r, selectors.EVENT_READ, "wake")
+        if watch is not None:
+            sel.register(watch.fileno(), selectors.EVENT_READ, "addr")
+        stray = 0
+        try:
+            while not stop:
+                deadline = dec.reasm.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if watch is None:
+                    timeout = 5.0 if timeout is None else min(timeout, 5.0)
+                for key, _ in sel.select(timeout):
+                    what = key.data
+                    if what == "raw":
+                        now = time.monotonic()
+                        for frame in raw.recv_batch(BATCH):
+                            inner = dec.frame(frame, now)
+                            if inner is not None:
+                                tun.send(inner)
+                    elif what == "tun":
+                        stray += len(tun.recv_batch(BATCH))   # nothing is routed into it; drain
+                    elif what == "wake":
+                        try:
+                            os.read(wake_r, 512)
+                        except BlockingIOError:
+                            pass
+                    elif what == "addr":
+                        try:
+                            while watch.recv(65536):
+                                pass
+                        except (BlockingIOError, InterruptedError):
+                            pass
+                        dec.local = set(local_addresses(args.iface))
+                if watch is None:
+                    dec.local = set(local_addresses(args.iface))
+                dec.expire(time.monotonic())
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            sel.close()
+        ring = raw.ring_drops()
+        log("%s: %s%s%s" % (OWNER, dec.summary(), "; ring drops %d" % ring if ring else "",
+                            "; %d stray packets from %s" % (stray, TUN_NAME) if stray else ""))
+    finally:
+        raw.close()
+        if watch is not None:
+            watch.close()
+        os.close(wake_r)
+        os.close(wake_w)
 
 
 # ---------------------------------------------------------------- the command
 
 def _parse_vips(text):
     vips = []
-    for item in (text or "").split(","):
-        item = item.strip()
-        if not item:
-            continue
+    for part in (text or "").split(","):
+        part = part.strip()
         try:
-            vips.append(str(ipaddress.IPv4Address(item)))
+            addr = ipaddress.IPv4Address(part)
         except ValueError:
-            raise RealServerError("bad VIP %r: want an IPv4 address" % item)
+            raise ValueError("bad VIP address %r" % part)
+        if addr.is_unspecified or addr.is_multicast or addr.is_loopback or int(addr) == 0xFFFFFFFF:
+            raise ValueError("%s cannot be a VIP" % part)
+        if str(addr) not in vips:
+            vips.append(str(addr))
     return vips
 
 
-def default_state_path():
-    return os.path.join(hostconf.run_dir(), "realserver.state")
+def _check_ifname(name):
+    if not name or len(name) > 15 or "/" in name or "." in name or name.strip() != name:
+        # '.' too: sysctl names use it as the separator (net.ipv4.conf.IF.*)
+        raise ValueError("unusable interface name %r" % name)
 
 
-def down(state_path, out):
-    log = lambda text: out.write(text + "\n")
+def _validate(p, args):
+    """Argument errors (usage, exit 2) and address errors (exit 1, ValueError)."""
+    if args.down:
+        extra = [o for o, v in (("--method", args.method), ("--vip", args.vip), ("--iface", args.iface),
+                                ("--director", args.director), ("--detach", args.detach)) if v]
+        if extra:
+            p.error("--down takes only --state-file (not %s)" % " ".join(extra))
+        return
+    if not args.method:
+        p.error("--method is required (or --down)")
+    if args.method in ("dr", "tunnel") and not args.vip:
+        p.error("--method %s needs --vip" % args.method)
+    if args.method == "tunnel" and not args.iface:
+        p.error("--method tunnel needs --iface (the outside interface the tunnel packets arrive on)")
+    if args.method == "nat" and not args.director:
+        p.error("--method nat needs --director (the director's address, the new default route)")
+    if args.method != "nat" and args.director:
+        p.error("--director is for --method nat")
+    if args.method != "tunnel" and (args.encap or args.gue_port is not None or args.decap):
+        p.error("--encap, --gue-port, --userspace and --kernel are for --method tunnel")
+    args.encap = args.encap or "ipip"
+    if args.encap == "gue" and args.gue_port is None:
+        p.error("--encap gue needs --gue-port (the director's --tun-port: IPVS has no default)")
+    if args.encap != "gue" and args.gue_port is not None:
+        p.error("--gue-port is for --encap gue")
+    if args.gue_port is not None and not 1 <= args.gue_port <= 65535:
+        p.error("--gue-port must be 1-65535")
+    if args.decap == "kernel" and args.encap != "ipip":
+        p.error("--kernel decapsulates only ipip (tunl0); gue and gre are decapsulated in userspace")
+    args.vips = _parse_vips(args.vip) if args.vip else []
+    if args.director:
+        d = ipaddress.IPv4Address(args.director)   # ValueError: a bad address
+        if d.is_unspecified or d.is_multicast or int(d) == 0xFFFFFFFF:
+            raise ValueError("%s cannot be the director's address" % args.director)
+        args.director = str(d)
+    if args.iface:
+        _check_ifname(args.iface)
+
+
+def _say(text):
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _fail(text):
+    sys.stderr.write("%s: %s\n" % (OWNER, text))
+    return 1
+
+
+def _command(p, args):
     try:
-        with open(state_path) as f:
-            pid = json.load(f).get("pid")
-    except FileNotFoundError:
-        out.write("lvs realserver: nothing to undo (%s does not exist)\n" % state_path)
-        return 0
-    except (OSError, ValueError):
-        pid = None
-    if isinstance(pid, int) and pid != os.getpid() and hostconf.process_alive(pid) and _is_ours(pid):
-        # The decapsulator undoes its own changes when it ends.
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while hostconf.process_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not os.path.exists(state_path):
-            out.write("lvs realserver: stopped pid %d; host restored\n" % pid)
+        _validate(p, args)
+    except ValueError as e:
+        return _fail(str(e))
+    if os.geteuid() != 0:
+        return _fail("needs root: it changes addresses, routes, sysctls and nftables")
+    default_state = args.state_file is None
+    if default_state:
+        args.state_file = os.path.join(hostconf.run_dir(), "realserver.state")
+    if args.down:
+        return down(args.state_file, _say)
+    if os.path.exists(args.state_file):
+        hint = "lvs realserver --down" + ("" if default_state else " --state-file " + args.state_file)
+        return _fail("%s exists: a real server set up earlier was not taken down; run `%s` first"
+                     % (args.state_file, hint))
+    if args.iface and link_info(args.iface) is None:
+        return _fail("no interface %s here" % args.iface)
+    if args.method == "tunnel" and args.detach:
+        return _detach(args)
+    return up(args, _say)
+
+
+def up(args, log, ready=None):
+    """Make the changes; for a userspace tunnel, then run the decapsulator until SIGTERM/SIGINT.
+    `ready(text)` is called once everything is in place (the detached child tells its parent)."""
+    stop = []
+    def on_signal(signum, frame):
+        stop.append(signum)
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    setup = Setup(args, log)
+    try:
+        try:
+            setup.changes.claim()
+            text = getattr(setup, args.method)()
+        except BaseException as e:
+            if setup.tun is not None:
+                setup.tun.close()
+            failures = setup.changes.undo()
+            if isinstance(e, (hostconf.HostError, OSError)):
+                return _fail_setup("%s%s" % (e, _undo_note(failures)), ready)
+            raise
+        if setup.decap != "userspace":
+            log("%s: %s" % (OWNER, text))
+            if ready:
+                ready(text, running=False)     # nothing needs to keep running
             return 0
-    found, failures = hostconf.cleanup(state_path, log=log, owner="lvs realserver")
-    for failure in failures:
-        sys.stderr.write("lvs realserver: %s\n" % failure)
-    if failures:
+        tun = setup.tun
+        log("%s: %s%s" % (OWNER, text, "" if ready else "; SIGTERM or Ctrl-C undoes it all"))
+        if ready:
+            ready(text)
+        status = 0
+        try:
+            run_decapsulator(args, tun, stop, log)
+        except Exception:
+            log("%s: decapsulator failed:\n%s" % (OWNER, traceback.format_exc().rstrip()))
+            status = 1
+        finally:
+            tun.close()                        # the device is persistent: it stays for the undo
+            failures = setup.changes.undo()
+        if failures:
+            log("%s: could not undo: %s" % (OWNER, "; ".join(failures)))
+            return 1
+        return status
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _undo_note(failures):
+    return "" if not failures else " (and undoing failed: %s)" % "; ".join(failures)
+
+
+def _fail_setup(text, ready):
+    if ready:
+        ready(None, error=text)
         return 1
-    out.write("lvs realserver: host restored\n")
-    return 0
+    return _fail(text)
 
 
-def _is_ours(pid):
+def _detach(args):
+    """Fork; the child makes the changes and runs the decapsulator. Its lines come back
+    through a pipe; we return once it reports ready (or failed), within 60 s."""
+    r, w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:     # the child
+        status = 1
+        try:
+            os.close(r)
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)    # never hold the caller's terminal or pipes
+            os.close(null)
+            pipe = [w]
+            def log(text):
+                if pipe:
+                    try:
+                        os.write(pipe[0], (text.replace("\0", "") + "\n").encode())
+                    except OSError:
+                        pipe.clear()
+            def ready(text, error=None, running=True):
+                word = b"error " if error is not None else b"ok " if running else b"done "
+                if pipe:
+                    try:
+                        os.write(pipe[0], b"\0" + word + (error or text).encode() + b"\n")
+                        os.close(pipe[0])
+                    except OSError:
+                        pass
+                    pipe.clear()
+                if error is None and running:
+                    # From now on our lines (the undo, the counters) go where --down shows them.
+                    try:
+                        fd = os.open(_log_path(args.state_file),
+                                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+                        pipe.append(fd)
+                    except OSError:
+                        pass
+            status = up(args, log, ready)
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(w)
+    buf, deadline = b"", time.monotonic() + 60
+    with selectors.DefaultSelector() as sel:
+        sel.register(r, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(max(0.0, deadline - time.monotonic())):
+                continue
+            chunk = os.read(r, 65536)
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                text = line.decode(errors="replace")
+                if text.startswith("\0ok "):
+                    os.close(r)
+                    _say("%s: running as pid %d; `lvs realserver --down` stops it and undoes all"
+                         % (OWNER, pid))
+                    return 0
+                if text.startswith("\0done "):
+                    os.close(r)
+                    _reap(pid)
+                    return 0
+                if text.startswith("\0error "):
+                    os.close(r)
+                    _reap(pid)
+                    return _fail(text[len("\0error "):])
+                _say(text)
+            if not chunk:
+                os.close(r)
+                _reap(pid)
+                return _fail("the decapsulator (pid %d) ended before it was ready" % pid)
+    os.close(r)
+    return _fail("the decapsulator (pid %d) was not ready within 60 s; `lvs realserver --down` "
+                 "stops it" % pid)
+
+
+def _log_path(state_path):
+    return state_path + ".log"
+
+
+def _show_log(state_path, log):
+    """Print and remove what a detached decapsulator wrote after it was ready."""
+    path = _log_path(state_path)
     try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return b"realserver" in f.read()
+        with open(path, errors="replace") as f:
+            text = f.read()
+        os.unlink(path)
     except OSError:
+        return
+    for line in text.splitlines():
+        log("  " + line)
+
+
+def _reap(pid):
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _alive(pid):
+    """Running, and not a zombie (a detached helper's parent may be gone without reaping it)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return False
 
 
-def run(args, out=sys.stdout):
-    state_path = args.state_file or default_state_path()
-    if args.down:
-        return down(state_path, out)
-    if os.geteuid() != 0:
-        raise RealServerError("needs root (addresses, sysctls, nftables, AF_PACKET and TUN)")
-    if not args.method:
-        raise RealServerError("--method dr|tunnel|nat is required (or --down)")
-    vips = _parse_vips(args.vip)
-    if args.method in ("dr", "tunnel") and not vips:
-        raise RealServerError("--vip is required for %s" % args.method)
-    if args.method in ("tunnel", "nat") and not args.iface:
-        raise RealServerError("--iface (the outside interface) is required for %s" % args.method)
-    if args.method == "nat" and not args.director:
-        raise RealServerError("--director (its address on this segment) is required for nat")
-    if args.encap == "gue" and not args.gue_port:
-        raise RealServerError("--gue-port is required with --encap gue (the service's --tun-port)")
-    log = lambda text: (out.write(text + "\n"), out.flush())
-    changes = HostChanges(state_path, log=log, owner="lvs realserver")
+def _ours(pid):
+    """Is `pid` still an `lvs realserver` of this network namespace (not a reused pid)?"""
     try:
-        changes.claim()
-    except HostError as e:
-        raise RealServerError("%s (lvs realserver --down)" % e)
-    try:
-        if args.method == "dr":
-            _setup_dr(changes, vips, args.iface)
-            log("lvs realserver: direct-routing real server for %s ready" % ", ".join(vips))
-            return 0
-        if args.method == "nat":
-            _setup_nat(changes, args.iface, args.director)
-            log("lvs realserver: NAT real server ready (replies through %s)" % args.director)
-            return 0
-        return _tunnel(args, changes, vips, log)
-    except (HostError, RealServerError, OSError) as e:
-        for failure in changes.undo():
-            log("lvs realserver: could not undo: %s" % failure)
-        raise RealServerError(str(e))
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = f.read().split(b"\0")
+        same_net = os.stat("/proc/%d/ns/net" % pid).st_ino == os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return False
+    return same_net and b"realserver" in argv and b"--down" not in argv
 
 
-def _tunnel(args, changes, vips, log):
-    iface = args.iface
-    changes.sysctl("net.ipv4.conf.%s.arp_ignore" % iface, 2,
-                   "answer ARP on %s only for its own addresses, from senders on its subnet" % iface)
-    for scope in ("all", iface):
-        # Our replies leave from the VIP: without this, the ARP request that
-        # resolves the client would name the VIP as its sender, and the
-        # client would send the next packets for the VIP to us, not the director.
-        changes.sysctl("net.ipv4.conf.%s.arp_announce" % scope, 2,
-                       "never name the VIP as the source of our own ARP requests")
-    kernel = args.kernel or (not args.userspace and args.encap == "ipip" and _kernel_ipip())
-    if kernel:
-        if args.encap != "ipip":
-            raise RealServerError("the kernel path decapsulates ipip only; use --userspace for %s" % args.encap)
-        if not os.path.exists("/sys/class/net/tunl0"):
-            changes.command(["ip", "link", "add", "name", "tunl0", "type", "ipip"],
-                            ["ip", "link", "del", "tunl0"], "the ipip module's fallback tunnel device")
-        _vip_on(changes, "tunl0", vips, transient=False)
-        log("lvs realserver: tunnel real server for %s ready (the kernel's tunl0 decapsulates)" % ", ".join(vips))
+def down(state_path, log, timeout=15.0):
+    """Undo what `lvs realserver` did: stop its decapsulator if it still runs (it undoes on
+    its way out), else replay the state file's undo steps."""
+    try:
+        with open(state_path) as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        log("%s: nothing to undo (no %s)" % (OWNER, state_path))
         return 0
-
-    from .ports import RawPort, TunPort
-    local = {socket.inet_aton(a) for a, _ in _addresses(iface)}
-    if not local:
-        raise RealServerError("%s has no IPv4 address: tunnel packets are sent to it" % iface)
-    changes.nft_table("ip", "pylvs_rs", _guard_table(args.encap, args.gue_port),
-                      "this kernel has no %s decapsulation: keep it from answering the tunnel packets "
-                      "with ICMP unreachables; pylvs unwraps them" % args.encap)
-    tun = TunPort(args.tun_name)
-    try:
-        log("lvs realserver: TUN device %s created: inner packets enter the local stack through it" % tun.name)
-        _vip_on(changes, tun.name, vips, transient=True)
-        raw = RawPort(iface)
-    except BaseException:
-        tun.close()
-        raise
-    decap = Decapsulator(raw, tun, args.encap, {socket.inet_aton(v) for v in vips}, local, args.gue_port)
-    ready = ("lvs realserver: tunnel real server for %s ready (userspace %s decapsulation on %s -> %s)"
-             % (", ".join(vips), args.encap, iface, tun.name))
-    if args.detach:
-        pid = os.fork()
-        if pid:
-            raw.close()
-            tun.close()  # the child holds the device open
-            log(ready + ", pid %d" % pid)
-            return 0
-        os.setsid()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        changes.save()  # the state file names the process that will undo
-        status = 1
+    except (OSError, ValueError) as e:
+        return _fail("cannot read %s: %s" % (state_path, e))
+    pid = state.get("pid")
+    if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+        if not _ours(pid):
+            log("%s: pid %d, recorded in %s, is no longer lvs realserver" % (OWNER, pid, state_path))
+            failures = hostconf.undo_steps(state.get("undo", []), log, OWNER)
+            os.unlink(state_path)
+            return _done(failures, log)
+        log("%s: stopping pid %d (SIGTERM); it undoes its changes as it exits" % (OWNER, pid))
         try:
-            _serve(decap, changes, lambda text: None)
-            status = 0
-        finally:
-            os._exit(status)
-    log(ready)
-    _serve(decap, changes, log)
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _alive(pid):
+            return _fail("pid %d did not stop within %.0f s" % (pid, timeout))
+        _show_log(state_path, log)
+        if not os.path.exists(state_path):
+            log("%s: down (pid %d stopped and undid its changes)" % (OWNER, pid))
+            return 0
+        log("%s: pid %d left its state file; undoing from it" % (OWNER, pid))
+    _show_log(state_path, log)
+    found, failures = hostconf.cleanup(state_path, log=log, owner=OWNER)
+    return _done(failures, log)
+
+
+def _done(failures, log):
+    if failures:
+        return _fail("could not undo everything: %s" % "; ".join(failures))
+    log("%s: down (every change undone)" % OWNER)
     return 0
 
 
-def _vip_on(changes, dev, vips, transient):
-    undo_link = ["ip", "link", "set", dev, "down"]
-    if transient:
-        hostconf.run(["ip", "link", "set", dev, "up"])
-        changes.log("lvs realserver: ip link set %s up (goes with the device)" % dev)
-        for vip in vips:
-            hostconf.run(["ip", "addr", "add", vip + "/32", "dev", dev])
-            changes.log("lvs realserver: ip addr add %s/32 dev %s: the inner packets are addressed to the VIP "
-                        "(goes with the device)" % (vip, dev))
-        for name, value, why in (("arp_ignore", 8, "never answer ARP on the tunnel device"),
-                                 ("rp_filter", 2, "loose: the clients' addresses are not routed through it")):
-            hostconf.write_sysctl("net.ipv4.conf.%s.%s" % (dev, name), value)
-            changes.log("lvs realserver: sysctl net.ipv4.conf.%s.%s=%d: %s (goes with the device)"
-                        % (dev, name, value, why))
-        return
-    changes.command(["ip", "link", "set", dev, "up"], undo_link, "the tunnel device carries the VIP")
-    for vip in vips:
-        changes.command(["ip", "addr", "add", vip + "/32", "dev", dev], ["ip", "addr", "del", vip + "/32", "dev", dev],
-                        "the inner packets are addressed to the VIP")
-    changes.sysctl("net.ipv4.conf.%s.arp_ignore" % dev, 8, "never answer ARP on the tunnel device")
-    changes.sysctl("net.ipv4.conf.%s.rp_filter" % dev, 2, "loose: the clients' addresses are not routed through it")
-
-
-def _serve(decap, changes, log):
-    """The decapsulator's loop, until SIGTERM/SIGINT; the host is restored on the way out."""
-    stopping = []
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    signal.set_wakeup_fd(wake_w.fileno())
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: stopping.append(signum))
-    sel = selectors.DefaultSelector()
-    sel.register(decap.raw, selectors.EVENT_READ)
-    sel.register(wake_r, selectors.EVENT_READ)
-    try:
-        while not stopping:
-            deadline = decap.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            for key, _ in sel.select(timeout):
-                if key.fileobj is wake_r:
-                    try:
-                        wake_r.recv(64)
-                    except OSError:
-                        pass
-                    continue
-                decap.receive(decap.raw.recv_batch(BATCH), time.monotonic())
-            if deadline is not None and time.monotonic() >= deadline:
-                decap.defrag.expire(time.monotonic())
-    finally:
-        sel.close()
-        log("lvs realserver: " + decap.summary())
-        for failure in changes.undo():
-            log("lvs realserver: could not undo: %s" % failure)
-        decap.raw.close()
-        decap.tun.close()
-
-
 def add_subparser(sub):
-    p = sub.add_parser("realserver", help="prepare this host to be a real server (DR, tunnel, NAT)",
-                       description="Prepare this host or namespace to be an IPVS real server, as the "
-                                   "tutorial explains; print each setting and why. --down undoes them.")
-    p.add_argument("--method", choices=("dr", "tunnel", "nat"), help="how the director forwards to us")
-    p.add_argument("--vip", metavar="VIP[,VIP...]", help="the virtual addresses (dr, tunnel)")
-    p.add_argument("--iface", metavar="IF", help="the outside interface (tunnel, nat; dr: its ARP settings too)")
-    p.add_argument("--encap", choices=("ipip", "gue", "gre"), default="ipip",
-                   help="the service's --tun-type (tunnel; default ipip)")
-    p.add_argument("--gue-port", type=int, metavar="PORT", help="the service's --tun-port (--encap gue)")
-    p.add_argument("--director", metavar="DIP", help="the director's address on our segment (nat)")
-    how = p.add_mutually_exclusive_group()
-    how.add_argument("--userspace", action="store_true", help="tunnel: decapsulate in userspace even if "
-                                                              "the kernel could")
-    how.add_argument("--kernel", action="store_true", help="tunnel: use the kernel's tunl0 (ipip module)")
-    p.add_argument("--tun-name", default=TUN_NAME, help="tunnel, userspace: the TUN device (default %s)" % TUN_NAME)
-    p.add_argument("--detach", action="store_true", help="tunnel, userspace: decapsulate in the background")
-    p.add_argument("--state-file", metavar="PATH", help="where changes are recorded for --down "
-                                                        "(default: realserver.state beside the daemon's socket)")
-    p.add_argument("--down", action="store_true", help="undo what an earlier run did")
-    p.set_defaults(func=_main)
-
-
-def _main(args):
-    try:
-        return run(args)
-    except RealServerError as e:
-        sys.stderr.write("lvs realserver: %s\n" % e)
-        return 1
+    p = sub.add_parser(
+        "realserver", help="prepare this host to be a real server (DR, tunnel, NAT)",
+        description="Prepare this host or network namespace to be an IPVS real server, printing "
+                    "each change and why; --down undoes exactly what was done.")
+    p.add_argument("--method", choices=("dr", "tunnel", "nat"),
+                   help="the forwarding method the director uses for this server (-g, -i, -m)")
+    p.add_argument("--vip", metavar="VIP[,VIP...]", help="the virtual service addresses (dr, tunnel)")
+    p.add_argument("--iface", metavar="IF",
+                   help="the outside interface (required for tunnel: the tunnel packets arrive there)")
+    p.add_argument("--encap", choices=("ipip", "gue", "gre"),
+                   help="tunnel: the director's --tun-type (default ipip)")
+    p.add_argument("--gue-port", type=int, metavar="N", help="tunnel, gue: the director's --tun-port")
+    p.add_argument("--director", metavar="DIP", help="nat: the director's address, made the default route")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--userspace", dest="decap", action="store_const", const="userspace",
+                   help="tunnel: decapsulate in this process even if the kernel could")
+    g.add_argument("--kernel", dest="decap", action="store_const", const="kernel",
+                   help="tunnel: the kernel's ipip module and tunl0, or fail")
+    p.add_argument("--detach", action="store_true",
+                   help="tunnel: run the decapsulator in the background; return once it is ready")
+    p.add_argument("--state-file", metavar="PATH",
+                   help="the journal of changes (default: realserver.state in this namespace's "
+                        "/run/pylvs directory)")
+    p.add_argument("--down", action="store_true", help="undo what a previous lvs realserver did")
+    p.set_defaults(func=lambda args: _command(p, args), decap=None)
+    return p

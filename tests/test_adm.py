@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lvs import adm, engine as engine_module, registry  # noqa: E402
+from lvs import adm, registry, tables as engine_module  # noqa: E402  (tables: where services get schedulers)
 from lvs.engine import Engine  # noqa: E402
 from lvs.errors import ConfigError  # noqa: E402
 from schedulers._base import Scheduler, usable  # noqa: E402

@@ -1,0 +1,64 @@
+"""Sending ICMP errors as net/ipv4/icmp.c's icmp_send does: from the right
+address, within the global and per-peer rate limits. A mixin of Engine.
+"""
+
+from .flags import IPPROTO_ICMP
+from .icmp import build_error
+from .verdicts import Transmit
+
+ICMP_RATEMASK = 0x1818          # net.ipv4.icmp_ratemask
+ICMP_RATELIMIT = 1.0            # net.ipv4.icmp_ratelimit, 1000 ms
+XRLIM_BURST_FACTOR = 6
+ICMP_MSGS_PER_SEC, ICMP_MSGS_BURST = 1000, 50
+
+
+class IcmpSender:
+    """Engine's icmp_send (net/ipv4/icmp.c)."""
+
+    def send_icmp_error(self, buf, icmp_type, code, info, src=None):
+        """icmp_send back to the packet's source: from the address it was sent to
+        when that is ours (the VIP), else from `src`, the director's own address."""
+        if src is None:
+            src = bytes(buf[16:20])
+        if not self._icmp_allow(bytes(buf[12:16]), icmp_type, code):
+            self.icmp_ratelimited += 1
+            return
+        packet = build_error(buf, icmp_type, code, info, src,
+                             self.ip_ident(src, bytes(buf[12:16]), IPPROTO_ICMP))
+        if packet is not None:
+            self._out.append(Transmit(bytes(buf[12:16]), packet))
+
+    def _icmp_allow(self, dst, icmp_type, code):
+        """icmpv4_global_allow and icmpv4_xrlim_allow with the default sysctls.
+
+        Errors of the types in icmp_ratemask (unreachable, quench, time
+        exceeded, parameter problem; never frag-needed) draw from a global
+        bucket (1000/s, burst 50) and from one per client address: a token
+        per icmp_ratelimit (1 s), at most 6 saved, the first error always
+        allowed (inet_peer_xrlim_allow). The kernel takes 0-2 global credits
+        at random per error; we take 1, its average.
+        """
+        if not (1 << icmp_type) & ICMP_RATEMASK or (icmp_type == 3 and code == 4):
+            return True
+        now = self.now
+        if self._icmp_stamp is None:
+            self._icmp_stamp = now
+        delta = min(now - self._icmp_stamp, 1.0)
+        if delta >= 0.02:
+            incr = int(ICMP_MSGS_PER_SEC * delta)
+            if incr:
+                self._icmp_stamp = now
+            self._icmp_credit = min(self._icmp_credit + incr, ICMP_MSGS_BURST)
+        if not self._icmp_credit:
+            return False
+        self._icmp_credit -= 1
+        peer = self._icmp_peers.get(dst)
+        if peer is None:
+            peer = self._icmp_peers[dst] = [0.0, now - 60.0]
+        tokens = min(peer[0] + now - peer[1], XRLIM_BURST_FACTOR * ICMP_RATELIMIT)
+        peer[1] = now
+        allowed = tokens >= ICMP_RATELIMIT
+        if allowed:
+            tokens -= ICMP_RATELIMIT
+        peer[0] = tokens
+        return allowed
