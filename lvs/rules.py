@@ -606,170 +606,182 @@ def _tunnel_opt_check(tun_type, options):
                       % (OPT_NAMES[k], OPT_NAMES[last], tname))
 
 
+# -- the options of ipvsadm.c's parse_options switch -----------------------
+# Most are one of three shapes, kept as tables; the rest have a handler each.
+
+# tag -> (option bit, attribute, lowest, highest, message when out of range)
+_NUMBER_OPTIONS = {
+    "w": (OPTC_WEIGHT, "weight", 0, INT_MAX, "illegal weight specified"),
+    "x": (OPTC_UTHRESHOLD, "u_threshold", 0, INT_MAX, "illegal u_threshold specified"),
+    "y": (OPTC_LTHRESHOLD, "l_threshold", 0, INT_MAX, "illegal l_threshold specified"),
+    "syncid": (OPTC_SYNCID, "syncid", 0, 255, "illegal syncid specified"),
+    "mcast-port": (OPTC_MCAST_PORT, "mcast_port", 1, 65535, "illegal mcast-port specified"),
+    "mcast-ttl": (OPTC_MCAST_TTL, "mcast_ttl", 1, 255, "illegal mcast-ttl specified"),
+    "sync-maxlen": (OPTC_SYNC_MAXLEN, "sync_maxlen", 1, 65535 - 28, "illegal sync-maxlen specified"),
+    "tun-port": (OPTC_TUN_PORT, "tun_port", 1, 65535, "illegal tunnel port specified"),
+}
+
+# tag -> (option bit, listing format bit)
+_FORMAT_OPTIONS = {
+    "c": (OPTC_CONNECTION, 0), "n": (OPTC_NUMERIC, FMT_NUMERIC),
+    "timeout": (OPTC_TIMEOUT, 0), "daemon": (OPTC_DAEMON, 0),
+    "stats": (OPTC_STATS, FMT_STATS), "rate": (OPTC_RATE, FMT_RATE),
+    "thresholds": (OPTC_THRESHOLDS, FMT_THRESHOLDS),
+    "persistent-conn": (OPTC_PERSISTENTCONN, FMT_PERSISTENTCONN),
+    "nosort": (OPTC_NOSORT, FMT_NOSORT), "X": (OPTC_EXACT, FMT_EXACT),
+    "tun-info": (OPTC_TUN_INFO, FMT_TUN_INFO),
+}
+
+# tag -> (option bit, service flag, tunnel flag)
+_FLAG_OPTIONS = {
+    "o": (OPTC_ONEPACKET, IP_VS_SVC_F_ONEPACKET, 0),
+    "tun-nocsum": (OPTC_TUN_NOCSUM, 0, 0),
+    "tun-csum": (OPTC_TUN_CSUM, 0, IP_VS_TUNNEL_ENCAP_FLAG_CSUM),
+    "tun-remcsum": (OPTC_TUN_REMCSUM, 0, IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM),
+}
+
+
+def _opt_service(pa, tag, arg):
+    _set_option(pa, OPTC_SERVICE)
+    pa.protocol = {"t": IPPROTO_TCP, "u": IPPROTO_UDP}.get(tag, IPPROTO_SCTP)
+    result, af, addr, port = parse_service(arg, pa.protocol)
+    if not result & SERVICE_ADDR:
+        _fail("illegal virtual server address[:port] specified")
+    pa.svc_given = True
+    pa.svc_af = af
+    pa.addr = addr if addr is not None else b"\0\0\0\0"
+    if af == AF_INET6:
+        pa.netmask = 128
+    if port is not None:
+        pa.port = port
+
+
+def _opt_fwmark(pa, tag, arg):
+    _set_option(pa, OPTC_SERVICE)
+    pa.svc_af = AF_INET
+    pa.protocol = IPPROTO_TCP  # "a sane value, even though it is not used"
+    pa.fwmark = _parse_fwmark(arg)
+    pa.svc_given = True
+
+
+def _opt_scheduler(pa, tag, arg):
+    _set_option(pa, OPTC_SCHEDULER)
+    pa.sched_name = arg.split("\0")[0][:IP_VS_SCHEDNAME_MAXLEN - 1]
+
+
+def _opt_persistent(pa, tag, arg):
+    _set_option(pa, OPTC_PERSISTENT)
+    pa.flags |= IP_VS_SVC_F_PERSISTENT
+    pa.timeout = _parse_timeout(arg, 1, MAX_TIMEOUT)
+
+
+def _opt_netmask(pa, tag, arg):
+    _set_option(pa, OPTC_NETMASK)
+    if pa.svc_af != AF_INET6:
+        mask = _parse_netmask(arg)
+        if mask is None:
+            _fail("illegal virtual server persistent mask specified")
+        pa.netmask = mask
+    else:
+        value = _atoi(arg)
+        if value < 1 or value > 128:
+            _fail("illegal ipv6 netmask specified")
+        pa.netmask = value
+
+
+def _opt_server(pa, tag, arg):
+    _set_option(pa, OPTC_SERVER)
+    # parse_service on a copy of the service: a missing port is the
+    # service's port as known at this point of the command line.
+    result, af, addr, port = parse_service(arg, pa.protocol)
+    if result & SERVICE_ADDR:
+        pa.dest_af = af
+        pa.dest_addr = addr if addr is not None else b"\0\0\0\0"
+    pa.dest_port = port if port is not None else pa.port
+    if not result & SERVICE_ADDR:
+        _fail("illegal real server address[:port] specified")
+
+
+def _opt_forward(pa, tag, arg):
+    _set_option(pa, OPTC_FORWARD)
+    pa.conn_flags = {"i": IP_VS_CONN_F_TUNNEL, "g": IP_VS_CONN_F_DROUTE, "m": IP_VS_CONN_F_MASQ}[tag]
+
+
+def _opt_mcast_interface(pa, tag, arg):
+    _set_option(pa, OPTC_MCAST)
+    pa.mcast_ifn = arg[:15]
+
+
+def _opt_sort(pa, tag, arg):
+    pass  # "does nothing, for backwards compatibility"
+
+
+def _opt_ipv6(pa, tag, arg):
+    if not pa.fwmark:
+        _fail("-6 used before -f\n")
+    pa.svc_af = AF_INET6
+    pa.netmask = 128
+
+
+def _opt_pe(pa, tag, arg):
+    _set_option(pa, OPTC_PE)
+    pa.pe_name = arg.split("\0")[0][:IP_VS_PENAME_MAXLEN]
+
+
+def _opt_sched_flags(pa, tag, arg):
+    _set_option(pa, OPTC_SCHED_FLAGS)
+    pa.sched_flags_arg = arg[:127]
+
+
+def _opt_mcast_group(pa, tag, arg):
+    _set_option(pa, OPTC_MCAST_GROUP)
+    family, what, first_ok = ((socket.AF_INET6, "IPv6", lambda b: b == 0xFF) if ":" in arg else
+                              (socket.AF_INET, "IPv4", lambda b: b & 0xF0 == 0xE0))
+    try:
+        group = socket.inet_pton(family, arg)
+    except (OSError, ValueError):
+        group = None
+    if group is None or not first_ok(group[0]):  # a multicast address
+        _fail("invalid %s mcast-group `%s'" % (what, arg))
+    pa.mcast_group = arg
+
+
+def _opt_tun_type(pa, tag, arg):
+    _set_option(pa, OPTC_TUN_TYPE)
+    pa.tun_type = _parse_tun_type(arg)
+    if pa.tun_type == -1:
+        _fail("illegal tunnel type specified")
+
+
+_OPTION_HANDLERS = {
+    "t": _opt_service, "u": _opt_service, "sctp-service": _opt_service, "f": _opt_fwmark,
+    "s": _opt_scheduler, "p": _opt_persistent, "M": _opt_netmask, "r": _opt_server,
+    "i": _opt_forward, "g": _opt_forward, "m": _opt_forward,
+    "mcast-interface": _opt_mcast_interface, "sort": _opt_sort, "6": _opt_ipv6, "pe": _opt_pe,
+    "b": _opt_sched_flags, "mcast-group": _opt_mcast_group, "tun-type": _opt_tun_type,
+}
+
+
 def _option(pa, tag, arg, popt):
     """One option of parse_options' loop."""
-    if tag in ("t", "u", "sctp-service"):
-        _set_option(pa, OPTC_SERVICE)
-        pa.protocol = {"t": IPPROTO_TCP, "u": IPPROTO_UDP}.get(tag, IPPROTO_SCTP)
-        result, af, addr, port = parse_service(arg, pa.protocol)
-        if not result & SERVICE_ADDR:
-            _fail("illegal virtual server address[:port] specified")
-        pa.svc_given = True
-        pa.svc_af = af
-        pa.addr = addr if addr is not None else b"\0\0\0\0"
-        if af == AF_INET6:
-            pa.netmask = 128
-        if port is not None:
-            pa.port = port
-    elif tag == "f":
-        _set_option(pa, OPTC_SERVICE)
-        pa.svc_af = AF_INET
-        pa.protocol = IPPROTO_TCP  # "a sane value, even though it is not used"
-        pa.fwmark = _parse_fwmark(arg)
-        pa.svc_given = True
-    elif tag == "s":
-        _set_option(pa, OPTC_SCHEDULER)
-        pa.sched_name = arg.split("\0")[0][:IP_VS_SCHEDNAME_MAXLEN - 1]
-    elif tag == "p":
-        _set_option(pa, OPTC_PERSISTENT)
-        pa.flags |= IP_VS_SVC_F_PERSISTENT
-        pa.timeout = _parse_timeout(arg, 1, MAX_TIMEOUT)
-    elif tag == "M":
-        _set_option(pa, OPTC_NETMASK)
-        if pa.svc_af != AF_INET6:
-            mask = _parse_netmask(arg)
-            if mask is None:
-                _fail("illegal virtual server persistent mask specified")
-            pa.netmask = mask
-        else:
-            value = _atoi(arg)
-            if value < 1 or value > 128:
-                _fail("illegal ipv6 netmask specified")
-            pa.netmask = value
-    elif tag == "r":
-        _set_option(pa, OPTC_SERVER)
-        # parse_service on a copy of the service: a missing port is the
-        # service's port as known at this point of the command line.
-        result, af, addr, port = parse_service(arg, pa.protocol)
-        if result & SERVICE_ADDR:
-            pa.dest_af = af
-            pa.dest_addr = addr if addr is not None else b"\0\0\0\0"
-        pa.dest_port = port if port is not None else pa.port
-        if not result & SERVICE_ADDR:
-            _fail("illegal real server address[:port] specified")
-    elif tag in ("i", "g", "m"):
-        _set_option(pa, OPTC_FORWARD)
-        pa.conn_flags = {"i": IP_VS_CONN_F_TUNNEL, "g": IP_VS_CONN_F_DROUTE,
-                         "m": IP_VS_CONN_F_MASQ}[tag]
-    elif tag == "w":
-        _set_option(pa, OPTC_WEIGHT)
-        pa.weight = string_to_number(arg, 0, INT_MAX)
-        if pa.weight == -1:
-            _fail("illegal weight specified")
-    elif tag == "x":
-        _set_option(pa, OPTC_UTHRESHOLD)
-        pa.u_threshold = string_to_number(arg, 0, INT_MAX)
-        if pa.u_threshold == -1:
-            _fail("illegal u_threshold specified")
-    elif tag == "y":
-        _set_option(pa, OPTC_LTHRESHOLD)
-        pa.l_threshold = string_to_number(arg, 0, INT_MAX)
-        if pa.l_threshold == -1:
-            _fail("illegal l_threshold specified")
-    elif tag == "c":
-        _set_option(pa, OPTC_CONNECTION)
-    elif tag == "n":
-        _set_option(pa, OPTC_NUMERIC)
-        pa.format |= FMT_NUMERIC
-    elif tag == "mcast-interface":
-        _set_option(pa, OPTC_MCAST)
-        pa.mcast_ifn = arg[:15]
-    elif tag == "syncid":
-        _set_option(pa, OPTC_SYNCID)
-        pa.syncid = string_to_number(arg, 0, 255)
-        if pa.syncid == -1:
-            _fail("illegal syncid specified")
-    elif tag == "timeout":
-        _set_option(pa, OPTC_TIMEOUT)
-    elif tag == "daemon":
-        _set_option(pa, OPTC_DAEMON)
-    elif tag in ("stats", "rate", "thresholds", "persistent-conn", "nosort", "X", "tun-info"):
-        optc, fmt = {
-            "stats": (OPTC_STATS, FMT_STATS), "rate": (OPTC_RATE, FMT_RATE),
-            "thresholds": (OPTC_THRESHOLDS, FMT_THRESHOLDS),
-            "persistent-conn": (OPTC_PERSISTENTCONN, FMT_PERSISTENTCONN),
-            "nosort": (OPTC_NOSORT, FMT_NOSORT), "X": (OPTC_EXACT, FMT_EXACT),
-            "tun-info": (OPTC_TUN_INFO, FMT_TUN_INFO),
-        }[tag]
+    if tag in _NUMBER_OPTIONS:
+        optc, attr, lo, hi, message = _NUMBER_OPTIONS[tag]
+        _set_option(pa, optc)
+        value = string_to_number(arg, lo, hi)
+        if value == -1:
+            _fail(message)
+        setattr(pa, attr, value)
+    elif tag in _FORMAT_OPTIONS:
+        optc, fmt = _FORMAT_OPTIONS[tag]
         _set_option(pa, optc)
         pa.format |= fmt
-    elif tag == "sort":
-        pass  # "does nothing, for backwards compatibility"
-    elif tag == "6":
-        if pa.fwmark:
-            pa.svc_af = AF_INET6
-            pa.netmask = 128
-        else:
-            _fail("-6 used before -f\n")
-    elif tag == "o":
-        _set_option(pa, OPTC_ONEPACKET)
-        pa.flags |= IP_VS_SVC_F_ONEPACKET
-    elif tag == "pe":
-        _set_option(pa, OPTC_PE)
-        pa.pe_name = arg.split("\0")[0][:IP_VS_PENAME_MAXLEN]
-    elif tag == "b":
-        _set_option(pa, OPTC_SCHED_FLAGS)
-        pa.sched_flags_arg = arg[:127]
-    elif tag == "mcast-group":
-        _set_option(pa, OPTC_MCAST_GROUP)
-        if ":" in arg:
-            try:
-                group = socket.inet_pton(socket.AF_INET6, arg)
-            except (OSError, ValueError):
-                group = None
-            if group is None or group[0] != 0xFF:  # a multicast address
-                _fail("invalid IPv6 mcast-group `%s'" % arg)
-        else:
-            try:
-                group = socket.inet_pton(socket.AF_INET, arg)
-            except (OSError, ValueError):
-                group = None
-            if group is None or (group[0] & 0xF0) != 0xE0:
-                _fail("invalid IPv4 mcast-group `%s'" % arg)
-        pa.mcast_group = arg
-    elif tag == "mcast-port":
-        _set_option(pa, OPTC_MCAST_PORT)
-        pa.mcast_port = string_to_number(arg, 1, 65535)
-        if pa.mcast_port == -1:
-            _fail("illegal mcast-port specified")
-    elif tag == "mcast-ttl":
-        _set_option(pa, OPTC_MCAST_TTL)
-        pa.mcast_ttl = string_to_number(arg, 1, 255)
-        if pa.mcast_ttl == -1:
-            _fail("illegal mcast-ttl specified")
-    elif tag == "sync-maxlen":
-        _set_option(pa, OPTC_SYNC_MAXLEN)
-        pa.sync_maxlen = string_to_number(arg, 1, 65535 - 28)
-        if pa.sync_maxlen == -1:
-            _fail("illegal sync-maxlen specified")
-    elif tag == "tun-type":
-        _set_option(pa, OPTC_TUN_TYPE)
-        pa.tun_type = _parse_tun_type(arg)
-        if pa.tun_type == -1:
-            _fail("illegal tunnel type specified")
-    elif tag == "tun-port":
-        _set_option(pa, OPTC_TUN_PORT)
-        pa.tun_port = string_to_number(arg, 1, 65535)
-        if pa.tun_port == -1:
-            _fail("illegal tunnel port specified")
-    elif tag == "tun-nocsum":
-        _set_option(pa, OPTC_TUN_NOCSUM)
-    elif tag == "tun-csum":
-        _set_option(pa, OPTC_TUN_CSUM)
-        pa.tun_flags |= IP_VS_TUNNEL_ENCAP_FLAG_CSUM
-    elif tag == "tun-remcsum":
-        _set_option(pa, OPTC_TUN_REMCSUM)
-        pa.tun_flags |= IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM
+    elif tag in _FLAG_OPTIONS:
+        optc, svc_flag, tun_flag = _FLAG_OPTIONS[tag]
+        _set_option(pa, optc)
+        pa.flags |= svc_flag
+        pa.tun_flags |= tun_flag
+    elif tag in _OPTION_HANDLERS:
+        _OPTION_HANDLERS[tag](pa, tag, arg)
     else:
         # A second command, -h or -v after the command.
         _fail("invalid option `%s'" % popt.last)
