@@ -78,8 +78,11 @@ def ip_of_frame(frame):
     return None
 
 
-def decap_frame(frame, encap, local, vips, gue_port=None):
-    """decap_packet on an Ethernet frame."""
+def decap_frame(frame, encap, local, vips, gue_port=None, mac=None):
+    """decap_packet on an Ethernet frame (sent to `mac`, if given: not what a promiscuous
+    interface overhears)."""
+    if mac is not None and frame[:6] != mac:
+        return None, "not_local"
     packet = ip_of_frame(frame)
     if packet is None:
         return None, "not_ipv4"
@@ -245,7 +248,8 @@ def _inner(outer_tos, inner, vips, remcsum):
 class Decapsulator:
     """decap_frame with outer fragment reassembly and counters (no I/O)."""
 
-    def __init__(self, encap, vips, local, gue_port=None):
+    def __init__(self, encap, vips, local, gue_port=None, mac=None):
+        self.mac = mac
         self.encap = encap
         self.vips = set(vips)
         self.local = set(local)
@@ -256,6 +260,9 @@ class Decapsulator:
         self.ignored = Counter()
 
     def frame(self, frame, now):
+        if self.mac is not None and frame[:6] != self.mac:
+            self.ignored["not_local"] += 1
+            return None
         packet = ip_of_frame(frame)
         if packet is None:
             self.ignored["not_ipv4"] += 1
@@ -307,7 +314,12 @@ def local_addresses(ifname=None):
 
 def default_routes():
     """The main table's default routes as `ip route` prints them, one token list each."""
-    out = hostconf.run(["ip", "-4", "route", "show", "table", "main", "exact", "0.0.0.0/0"])
+    return routes_exact("0.0.0.0/0")
+
+
+def routes_exact(prefix):
+    """The main table's routes for exactly `prefix`, as token lists `ip route add` takes back."""
+    out = hostconf.run(["ip", "-4", "route", "show", "table", "main", "exact", prefix])
     routes = []
     for line in out.splitlines():
         if line[:1].isspace() and routes:     # a multipath route's "nexthop" lines
@@ -348,7 +360,8 @@ class Setup:
         self.changes = hostconf.HostChanges(args.state_file, log=log, owner=OWNER)
         self.vips = args.vips
         self.decap = None          # how a tunnel server decapsulates: "kernel" or "userspace"
-        self.tun = None            # the userspace decapsulator's TunPort
+        self.tun = None            # the userspace decapsulator's TunPort and RawPort
+        self.raw = None
 
     def note(self, text):
         self.log("%s: %s" % (OWNER, text))
@@ -395,16 +408,43 @@ class Setup:
 
     def nat(self):
         director = self.args.director
+        hop = _ip_json("-4", "route", "get", director)
+        hop = hop[0] if hop else {}
+        if hop.get("gateway") or hop.get("type", "unicast") != "unicast" or not hop.get("dev"):
+            raise hostconf.HostError("the director %s is not on a segment of ours (ip route get: %s): "
+                                     "a NAT real server's gateway must be" % (director, hop or "no route"))
+        dev = self.args.iface or hop["dev"]
+        if dev != hop["dev"]:
+            raise hostconf.HostError("the director %s is reached through %s, not %s"
+                                     % (director, hop["dev"], dev))
+        # The segment itself: clients on it (the tutorial's, all in one subnet) would be
+        # answered directly, from our own address instead of the VIP, and drop the answer.
+        segment = []
+        for link in _ip_json("-4", "addr", "show", "dev", dev):
+            for a in link.get("addr_info", ()):
+                net = ipaddress.IPv4Network("%s/%s" % (a["local"], a.get("prefixlen", 32)), strict=False)
+                if ipaddress.IPv4Address(director) in net and net.prefixlen < 31:
+                    connected = routes_exact(str(net))
+                    if connected:
+                        segment.append((str(net), a["local"], connected[0]))
         for route in default_routes():
             self.changes.command(["ip", "route", "del"] + route, ["ip", "route", "add"] + route,
                                  "the director must be the only default route: a NAT real "
                                  "server's replies go back through it to be rewritten")
-        dev = ["dev", self.args.iface] if self.args.iface else []
-        self.changes.command(["ip", "route", "add", "default", "via", director] + dev,
-                             ["ip", "route", "del", "default", "via", director] + dev,
+        for net, rip, connected in segment:
+            self.changes.command(["ip", "route", "add", director + "/32", "dev", dev, "src", rip],
+                                 ["ip", "route", "del", director + "/32", "dev", dev, "src", rip],
+                                 "the director stays on-link when its segment is routed through it")
+            self.changes.command(["ip", "route", "replace", net, "via", director, "dev", dev, "src", rip],
+                                 ["ip", "route", "replace"] + connected,
+                                 "clients on this segment too: answered directly they would get "
+                                 "the reply from %s, not from the VIP, and drop it" % rip)
+        self.changes.command(["ip", "route", "add", "default", "via", director, "dev", dev],
+                             ["ip", "route", "del", "default", "via", director, "dev", dev],
                              "replies to clients go to the director, which rewrites their "
                              "source back to the VIP (ip_vs_out)")
-        return "NAT real server ready (default route via %s)" % director
+        return "NAT real server ready (replies through the director %s: the default route%s)" % (
+            director, "".join(" and %s" % net for net, _, _ in segment))
 
     # ------------------------------------------------------------ tunnel
 
@@ -453,8 +493,12 @@ class Setup:
         out = self.args.iface
         self._conf(out, "arp_ignore", 2, "the outside interface answers ARP only for its own "
                    "addresses, asked from its own subnet: not for the VIP")
-        self._conf(out, "arp_announce", 2, "and never uses the VIP as the sender of its own "
-                   "ARP requests (the replies leave from the VIP)")
+        for dev in ("all", out):
+            # all too: a reply leaves by whichever interface its route picks (the kernel
+            # uses the larger of all and the device's value).
+            self._conf(dev, "arp_announce", 2, "never name the VIP as the sender of our own ARP "
+                       "requests: the replies leave from the VIP, and a neighbour that learnt "
+                       "the VIP at our MAC would send the VIP's traffic here, not to the director")
 
     def _kernel_tunnel(self):
         self._tunnel_common("tunl0")
@@ -462,22 +506,23 @@ class Setup:
 
     def _userspace_tunnel(self):
         a = self.args
-        if link_info(TUN_NAME) is not None:
-            raise hostconf.HostError("%s exists already; it is not ours to use" % TUN_NAME)
+        tun_name = a.tun_name
+        if link_info(tun_name) is not None:
+            raise hostconf.HostError("%s exists already; it is not ours to use (--tun-name)" % tun_name)
         if hostconf.run(["nft", "list", "table", "ip", NFT_TABLE], check=False):
             raise hostconf.HostError("nftables table ip %s exists already (is another lvs "
                                      "realserver running with another --state-file?)" % NFT_TABLE)
-        self.changes.command(["ip", "tuntap", "add", "dev", TUN_NAME, "mode", "tun"],
-                             ["ip", "link", "del", "dev", TUN_NAME],
+        self.changes.command(["ip", "tuntap", "add", "dev", tun_name, "mode", "tun"],
+                             ["ip", "link", "del", "dev", tun_name],
                              "a persistent TUN device: decapsulated packets are written into it and "
                              "arrive as if received on it; persistent, so that its settings stay "
                              "until --down undoes them, even if this process is killed")
         from .ports import TunPort
-        self.tun = TunPort(TUN_NAME)     # attach now: a device nobody holds has no carrier
-        if os.path.exists("/proc/sys/net/ipv6/conf/%s" % TUN_NAME):
-            self.changes.sysctl("net.ipv6.conf.%s.disable_ipv6" % TUN_NAME, 1,
+        self.tun = TunPort(tun_name)     # attach now: a device nobody holds has no carrier
+        if os.path.exists("/proc/sys/net/ipv6/conf/%s" % tun_name):
+            self.changes.sysctl("net.ipv6.conf.%s.disable_ipv6" % tun_name, 1,
                                 "no IPv6 autoconfiguration traffic into a device nobody reads")
-        self._tunnel_common(TUN_NAME)
+        self._tunnel_common(tun_name)
         proto = ENCAP_PROTO[a.encap]
         match = "udp dport %d" % a.gue_port if a.encap == "gue" else "ip protocol %d" % proto
         what = {"ipip": "protocol 4 (IPIP): protocol unreachable",
@@ -491,8 +536,10 @@ class Setup:
                                "this process reads the tunnel packets from %s; the kernel, which "
                                "cannot decapsulate them, must not answer them with ICMP %s"
                                % (a.iface, what))
+        from .ports import RawPort
+        self.raw = RawPort(a.iface)      # before "ready": no tunnel packet may be missed after it
         return "tunnel real server for %s ready (userspace %s decapsulation on %s -> %s)" % (
-            ", ".join(self.vips), a.encap, a.iface, TUN_NAME)
+            ", ".join(self.vips), a.encap, a.iface, tun_name)
 
 
 # ---------------------------------------------------------------- the decapsulator's loop
@@ -508,11 +555,17 @@ def _addr_watch():
         return None
 
 
-def run_decapsulator(args, tun, stop, log):
+def _raw_error(raw, ifname):
+    """Woken with nothing to read: a socket error (the interface went down or away) that would
+    keep poll() returning at once. Reading SO_ERROR clears it; an interface that is gone ends us."""
+    err = raw.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err and link_info(ifname) is None:
+        raise hostconf.HostError("%s is gone (%s)" % (ifname, os.strerror(err)))
+
+
+def run_decapsulator(args, raw, tun, stop, log):
     """Until `stop` is set (by SIGTERM/SIGINT through the wakeup pipe): frames from --iface in,
     inner packets into the TUN device. Sleeps in select() when idle."""
-    from .ports import RawPort
-    raw = RawPort(args.iface)
     watch = _addr_watch()
     wake_r, wake_w = os.pipe()
     try:
@@ -520,7 +573,7 @@ def run_decapsulator(args, tun, stop, log):
             os.set_blocking(fd, False)
         old_wakeup = signal.set_wakeup_fd(wake_w)
         dec = Decapsulator(args.encap, [socket.inet_aton(v) for v in args.vips],
-                           local_addresses(args.iface), args.gue_port)
+                           local_addresses(args.iface), args.gue_port, raw.mac)
         sel = selectors.DefaultSelector()
         sel.register(raw.fileno(), selectors.EVENT_READ, "raw")
         sel.register(tun.fileno(), selectors.EVENT_READ, "tun")
@@ -538,10 +591,13 @@ def run_decapsulator(args, tun, stop, log):
                     what = key.data
                     if what == "raw":
                         now = time.monotonic()
-                        for frame in raw.recv_batch(BATCH):
+                        frames = raw.recv_batch(BATCH)
+                        for frame in frames:
                             inner = dec.frame(frame, now)
                             if inner is not None:
                                 tun.send(inner)
+                        if not frames:
+                            _raw_error(raw, args.iface)
                     elif what == "tun":
                         stray += len(tun.recv_batch(BATCH))   # nothing is routed into it; drain
                     elif what == "wake":
@@ -564,9 +620,8 @@ def run_decapsulator(args, tun, stop, log):
             sel.close()
         ring = raw.ring_drops()
         log("%s: %s%s%s" % (OWNER, dec.summary(), "; ring drops %d" % ring if ring else "",
-                            "; %d stray packets from %s" % (stray, TUN_NAME) if stray else ""))
+                            "; %d stray packets from %s" % (stray, tun.name) if stray else ""))
     finally:
-        raw.close()
         if watch is not None:
             watch.close()
         os.close(wake_r)
@@ -633,6 +688,7 @@ def _validate(p, args):
         args.director = str(d)
     if args.iface:
         _check_ifname(args.iface)
+    _check_ifname(args.tun_name)
 
 
 def _say(text):
@@ -679,10 +735,14 @@ def up(args, log, ready=None):
     try:
         try:
             setup.changes.claim()
+        except (hostconf.HostError, OSError) as e:   # someone else's journal: not ours to undo
+            return _fail_setup("%s; run `lvs realserver --down` first" % e, ready)
+        try:
             text = getattr(setup, args.method)()
         except BaseException as e:
-            if setup.tun is not None:
-                setup.tun.close()
+            for port in (setup.raw, setup.tun):
+                if port is not None:
+                    port.close()
             failures = setup.changes.undo()
             if isinstance(e, (hostconf.HostError, OSError)):
                 return _fail_setup("%s%s" % (e, _undo_note(failures)), ready)
@@ -698,11 +758,15 @@ def up(args, log, ready=None):
             ready(text)
         status = 0
         try:
-            run_decapsulator(args, tun, stop, log)
+            run_decapsulator(args, setup.raw, tun, stop, log)
+        except hostconf.HostError as e:
+            log("%s: decapsulator stopped: %s" % (OWNER, e))
+            status = 1
         except Exception:
             log("%s: decapsulator failed:\n%s" % (OWNER, traceback.format_exc().rstrip()))
             status = 1
         finally:
+            setup.raw.close()
             tun.close()                        # the device is persistent: it stays for the undo
             failures = setup.changes.undo()
         if failures:
@@ -829,15 +893,6 @@ def _reap(pid):
         pass
 
 
-def _alive(pid):
-    """Running, and not a zombie (a detached helper's parent may be gone without reaping it)."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _ours(pid):
     """Is `pid` still an `lvs realserver` of this network namespace (not a reused pid)?"""
     try:
@@ -861,7 +916,7 @@ def down(state_path, log, timeout=15.0):
     except (OSError, ValueError) as e:
         return _fail("cannot read %s: %s" % (state_path, e))
     pid = state.get("pid")
-    if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+    if isinstance(pid, int) and pid != os.getpid() and hostconf.process_alive(pid):
         if not _ours(pid):
             log("%s: pid %d, recorded in %s, is no longer lvs realserver" % (OWNER, pid, state_path))
             failures = hostconf.undo_steps(state.get("undo", []), log, OWNER)
@@ -873,9 +928,9 @@ def down(state_path, log, timeout=15.0):
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while hostconf.process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if _alive(pid):
+        if hostconf.process_alive(pid):
             return _fail("pid %d did not stop within %.0f s" % (pid, timeout))
         _show_log(state_path, log)
         if not os.path.exists(state_path):
@@ -913,6 +968,8 @@ def add_subparser(sub):
                    help="tunnel: decapsulate in this process even if the kernel could")
     g.add_argument("--kernel", dest="decap", action="store_const", const="kernel",
                    help="tunnel: the kernel's ipip module and tunl0, or fail")
+    p.add_argument("--tun-name", default=TUN_NAME, metavar="NAME",
+                   help="tunnel, userspace: the TUN device to create (default %s)" % TUN_NAME)
     p.add_argument("--detach", action="store_true",
                    help="tunnel: run the decapsulator in the background; return once it is ready")
     p.add_argument("--state-file", metavar="PATH",
