@@ -713,3 +713,32 @@ def test_nat_director_must_be_on_our_segment(pair):
     r = pair.lvs("--method", "nat", "--director", "203.0.113.99")    # reached through a gateway
     assert r.returncode == 1 and "is not on a segment of ours" in r.stderr
     assert pair.snapshot() == before and not os.path.exists(pair.state)
+
+
+@needs_root
+@pytest.mark.parametrize("encap, options", [("gue", ["--tun-type", "gue", "--tun-port", "6080"]),
+                                            ("gre", ["--tun-type", "gre", "--tun-nocsum"]),
+                                            ("gre", ["--tun-type", "gre", "--tun-csum"])])
+def test_gue_and_gre_services_through_the_director(encap, options):
+    """The director encapsulates as the service's --tun-type says; the helper unwraps the same."""
+    from lvs.lab import Topology
+    topo = Topology(tag="g%d%s" % (os.getpid(), encap + options[-1][-5:].strip("-")), servers=1)
+    topo.build()
+    try:
+        topo.start_daemon()
+        vip = topo.vip
+        assert topo.lvsadm("-A", "-t", vip + ":80", "-s", "rr").returncode == 0
+        r = topo.lvsadm("-a", "-t", vip + ":80", "-r", topo.ip("rs1"), "-i", *options)
+        assert r.returncode == 0, r.stderr
+        argv = topo.realserver_argv("rs1", "tunnel") + ["--encap", encap]
+        if encap == "gue":
+            argv += ["--gue-port", "6080"]
+        topo._realservers.add("rs1")
+        r = topo.lvs("rs1", *argv)
+        assert r.returncode == 0, r.stderr
+        topo.http_server("rs1", "11", port=80, lifetime=60)
+        for _ in range(2):
+            res = topo.http_get("http://%s/" % vip, timeout=4)
+            assert res.ok and res.body.strip() == "11", res
+    finally:
+        topo.teardown()
