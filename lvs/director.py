@@ -8,8 +8,9 @@ does what the kernel does around IPVS so that the answer reaches the wire:
         would answer them because the VIP is one of its addresses; here the
         host does not own the VIP, so nobody else will). IPv4 frames sent to
         our MAC that IPVS could care about (to a VIP, from a real server, ICMP)
-        go to the engine; echo requests to a VIP are answered, as the
-        director's own stack answers them when it holds the VIP.
+        go to the engine. Echo requests to a VIP are answered, and a VIP port
+        no service claims is refused (RST, or ICMP port unreachable for UDP),
+        as the director's own stack does when it holds the VIP.
   out   route lookup, neighbour resolution (lvs/neigh.py), Ethernet framing.
   host  the host's own stack sees the same frames. An nftables table of
         ours drops, before conntrack, what the engine handles: everything
@@ -25,8 +26,9 @@ import socket
 import struct
 
 from . import arp, hostconf
-from .checksum import checksum
-from .flags import IP_VS_CONN_F_MASQ, IPPROTO_ICMP
+from .checksum import checksum, l4_checksum
+from .flags import IP_VS_CONN_F_MASQ, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
+from .icmp import build_error
 from .neigh import Neighbours, Routes
 from .ports import RawPort
 
@@ -64,6 +66,27 @@ def interface_mtu(ifname):
     return json.loads(out)[0].get("mtu", 1500)
 
 
+def tcp_reset(packet, ihl, tot):
+    """The RST a closed port answers with (tcp_v4_send_reset): to an ACK, with its
+    ack number as our sequence; otherwise acknowledging what the segment held."""
+    th = ihl
+    sport, dport, seq, ack = struct.unpack_from("!HHII", packet, th)
+    flags = packet[th + 13]
+    if flags & 0x10:
+        rseq, rack, rflags = ack, 0, 0x04
+    else:
+        doff = (packet[th + 12] >> 4) << 2
+        length = tot - ihl - doff + (1 if flags & 0x02 else 0) + (1 if flags & 0x01 else 0)
+        rseq, rack, rflags = 0, (seq + length) & 0xFFFFFFFF, 0x14
+    saddr, daddr = bytes(packet[16:20]), bytes(packet[12:16])
+    tcp = bytearray(struct.pack("!HHIIBBHHH", dport, sport, rseq, rack, 0x50, rflags, 0, 0, 0))
+    struct.pack_into("!H", tcp, 16, l4_checksum(saddr, daddr, IPPROTO_TCP, bytes(tcp)))
+    header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0x4000, 64, IPPROTO_TCP, 0,
+                                   saddr, daddr))
+    struct.pack_into("!H", header, 10, checksum(header))
+    return bytes(header + tcp)
+
+
 def _icmp_error(packet):
     if packet[9] != IPPROTO_ICMP:
         return False
@@ -88,7 +111,7 @@ class Director:
         self.all_to_engine = False  # fwmark services: any packet may be theirs
         self.nft_elements = (set(), set(), set())
         self.counters = {"arp_replies": 0, "echo_replies": 0, "to_engine": 0, "sent": 0,
-                         "no_route": 0, "not_for_us": 0}
+                         "no_route": 0, "not_for_us": 0, "refused": 0}
 
     # ------------------------------------------------------------ setup
 
@@ -186,10 +209,14 @@ class Director:
                     or packet[12:16] in self.dest_addrs or _icmp_error(packet)):
                 counters["not_for_us"] += 1
                 continue  # the host's own traffic
-            if packet[16:20] in self.vips and packet[9] == IPPROTO_ICMP and self._echo(packet, now):
+            to_vip = packet[16:20] in self.vips
+            if to_vip and packet[9] == IPPROTO_ICMP and self._echo(packet, now):
                 continue
             counters["to_engine"] += 1
+            unclaimed = engine.drops["no_service"]
             self.send(engine.receive(packet, now), now)
+            if to_vip and engine.drops["no_service"] != unclaimed:
+                self._refuse(packet, now)
 
     def _arp(self, port, frame, now):
         parsed = arp.parse(frame)
@@ -223,6 +250,24 @@ class Director:
         self._output(packet[12:16], bytes(header) + bytes(icmp), now)
         self.counters["echo_replies"] += 1
         return True
+
+    def _refuse(self, packet, now):
+        """A VIP port no service claims: answered as the director's own stack answers
+        a closed port of one of its addresses (tcp_v4_send_reset, or ICMP port
+        unreachable for UDP), since on the kernel's director the VIP is local."""
+        ihl = (packet[0] & 15) << 2
+        tot = (packet[2] << 8) | packet[3]
+        if tot > len(packet) or ((packet[6] << 8) | packet[7]) & 0x3FFF:
+            return  # fragments: the reassembled datagram was the one refused
+        if packet[9] == IPPROTO_UDP and self.engine._icmp_allow(bytes(packet[12:16]), 3, 3):
+            reply = build_error(packet[:tot], 3, 3, 0, bytes(packet[16:20]), 0)
+        elif packet[9] == IPPROTO_TCP and tot - ihl >= 20 and not packet[ihl + 13] & 0x04:
+            reply = tcp_reset(packet, ihl, tot)
+        else:
+            return
+        if reply is not None:
+            self._output(packet[12:16], reply, now)
+            self.counters["refused"] += 1
 
     # ------------------------------------------------------------ packets out
 

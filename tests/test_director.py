@@ -4,7 +4,7 @@ framing, echo replies and the nftables sets, on fake ports."""
 import socket
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
 from lvs import director as director_mod
@@ -200,3 +200,26 @@ def test_an_exception_in_the_loop_undoes_the_host_changes(tmp_path):
     assert marker.exists() and not (tmp_path / "daemon.state").exists()
     assert not (tmp_path / "lvs.sock").exists()
     assert any("undo: touch" in line for line in log)
+
+
+def test_a_vip_port_no_service_claims_is_refused_as_a_closed_local_port(rig):
+    d, port, engine, nft, host_arp, _ = rig
+    host_arp[socket.inet_aton(CLIENT)] = (CLIENT_MAC, "eth0")
+    closed = bytes(Ether(src=CLIENT_MAC, dst=MAC) / IP(src=CLIENT, dst=VIP) /
+                   TCP(sport=40000, dport=81, flags="S", seq=1000))
+    d.receive(port, [closed], 1.0)
+    rst = Ether(port.sent[-1])
+    assert rst[IP].src == VIP and rst[TCP].sport == 81 and rst[TCP].dport == 40000
+    assert rst[TCP].flags == "RA" and rst[TCP].ack == 1001 and rst[TCP].seq == 0
+    check = IP(bytes(rst[IP]))
+    del check[TCP].chksum
+    assert IP(bytes(check))[TCP].chksum == rst[TCP].chksum
+    d.receive(port, [bytes(Ether(src=CLIENT_MAC, dst=MAC) / IP(src=CLIENT, dst=VIP) /
+                           UDP(sport=5000, dport=54) / b"q")], 2.0)
+    icmp = Ether(port.sent[-1])
+    assert icmp[IP].src == VIP and icmp[ICMP].type == 3 and icmp[ICMP].code == 3
+    # A RST to a closed port gets no answer; a claimed port is not refused.
+    n = len(port.sent)
+    d.receive(port, [bytes(Ether(src=CLIENT_MAC, dst=MAC) / IP(src=CLIENT, dst=VIP) /
+                           TCP(sport=40001, dport=81, flags="R"))], 3.0)
+    assert len(port.sent) == n and d.counters["refused"] == 2

@@ -196,6 +196,9 @@ def test_http_through_each_method_round_robin(lab, adm):
     stats = adm("-Ln", "--stats")
     for addr in ("198.51.100.10:80", "198.51.100.11:80", "198.51.100.12:12"):
         assert addr in stats
+    # Ports of the VIP that no service claims are closed, as on a kernel director.
+    assert lab.tcp_probe([(VIP, 81)], timeout=2) == {VIP + ":81": "refused"}
+    assert lab.python("client", _UDP_CONNECTED, VIP, 54, timeout=20).stdout.strip() == "refused"
 
 
 def test_udp_echo_through_each_method(lab, adm):
