@@ -386,7 +386,7 @@ def host_state(topo, role):
     return parts
 
 
-def test_sigkill_then_cleanup_leaves_the_host_as_found():
+def test_sigkill_then_cleanup_leaves_the_host_as_found(lab):
     tag = "k%d" % os.getpid()
     topo = Topology(tag=tag, servers=1)
     topo.build()
@@ -394,8 +394,11 @@ def test_sigkill_then_cleanup_leaves_the_host_as_found():
         before = host_state(topo, "director")
         root_before = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
         topo.start_daemon()
-        assert topo.lvsadm("-A", "-t", VIP + ":80", "-s", "rr").returncode == 0
-        assert topo.lvsadm("-a", "-t", VIP + ":80", "-r", "198.51.100.10:80", "-m").returncode == 0
+        assert topo.lvsadm("-A", "-t", VIP + ":8080", "-s", "rr").returncode == 0
+        assert topo.lvsadm("-a", "-t", VIP + ":8080", "-r", "198.51.100.10:80", "-m").returncode == 0
+        # Two directors on one host, one per namespace: each lvsadm reaches its own.
+        assert VIP + ":8080" in topo.lvsadm("-Ln").stdout
+        assert ":8080" not in lab.lvsadm("-Ln").stdout
         assert host_state(topo, "director") != before  # the nft table is there
         pid = json.loads(topo.python("director", "from lvs import ctl; import json; "
                                      "print(json.dumps(ctl.request(ctl.socket_path(), {'op': 'ping'})))").stdout)["pid"]
