@@ -27,6 +27,7 @@ from .errors import ConfigError
 from .hostconf import HostChanges, HostError, process_alive
 from .loop import Loop
 from .pcap import CaptureError
+from .ports.raw import PortGone
 
 BATCH = 64
 
@@ -228,7 +229,11 @@ class Daemon:
         director = self.director
 
         def read():
-            frames = port.recv_batch(BATCH)
+            try:
+                frames = port.recv_batch(BATCH)
+            except PortGone as e:
+                # Nothing more can come in or go out there: stop, undoing the host changes.
+                raise DaemonError("%s: the data plane stops" % e.strerror)
             if not frames:
                 return
             try:

@@ -41,6 +41,7 @@ from collections import Counter
 from . import hostconf
 from .checksum import checksum
 from .defrag import Reassembled, Reassembler
+from .ports.raw import PortGone
 
 OWNER = "lvs realserver"
 TUN_NAME = "lvstun0"
@@ -555,14 +556,6 @@ def _addr_watch():
         return None
 
 
-def _raw_error(raw, ifname):
-    """Woken with nothing to read: a socket error (the interface went down or away) that would
-    keep poll() returning at once. Reading SO_ERROR clears it; an interface that is gone ends us."""
-    err = raw.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err and link_info(ifname) is None:
-        raise hostconf.HostError("%s is gone (%s)" % (ifname, os.strerror(err)))
-
-
 def run_decapsulator(args, raw, tun, stop, log):
     """Until `stop` is set (by SIGTERM/SIGINT through the wakeup pipe): frames from --iface in,
     inner packets into the TUN device. Sleeps in select() when idle."""
@@ -591,13 +584,14 @@ def run_decapsulator(args, raw, tun, stop, log):
                     what = key.data
                     if what == "raw":
                         now = time.monotonic()
-                        frames = raw.recv_batch(BATCH)
+                        try:
+                            frames = raw.recv_batch(BATCH)
+                        except PortGone as e:  # the outside interface is gone: nothing to serve
+                            raise hostconf.HostError(e.strerror)
                         for frame in frames:
                             inner = dec.frame(frame, now)
                             if inner is not None:
                                 tun.send(inner)
-                        if not frames:
-                            _raw_error(raw, args.iface)
                     elif what == "tun":
                         stray += len(tun.recv_batch(BATCH))   # nothing is routed into it; drain
                     elif what == "wake":

@@ -420,3 +420,33 @@ def test_sigkill_then_cleanup_leaves_the_host_as_found(lab):
         assert r.returncode == 0 and "nothing to clean up" in r.stdout
     finally:
         topo.teardown()
+
+
+def test_the_daemon_stops_and_cleans_up_when_its_interface_goes_away():
+    """Not a busy loop on a dead socket: the data plane stops and the host is restored."""
+    topo = Topology(tag="v%d" % os.getpid(), servers=1)
+    topo.build()
+    try:
+        before = host_state(topo, "director")
+        topo.start_daemon(log_path=os.path.join(topo.workdir, "gone.log"))
+        pid = json.loads(topo.python("director", "from lvs import ctl; import json; "
+                                     "print(json.dumps(ctl.request(ctl.socket_path(), {'op': 'ping'})))").stdout)["pid"]
+        topo._daemon = False  # it will be gone: teardown need not stop it
+        # A link that goes down and up again is survived.
+        topo.run("director", ["ip", "link", "set", "eth0", "down"], check=True)
+        topo.run("director", ["ip", "link", "set", "eth0", "up"], check=True)
+        time.sleep(0.5)
+        assert os.path.exists("/proc/%d" % pid)
+        topo.run("switch", ["ip", "link", "del", "sw-director"], check=True)  # takes eth0 with it
+        deadline = time.monotonic() + 10
+        while os.path.exists("/proc/%d" % pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists("/proc/%d" % pid)
+        with open(os.path.join(topo.workdir, "gone.log")) as f:
+            log = f.read()
+        assert "eth0 is gone" in log and "undo: nft delete table ip pylvs" in log
+        # eth0 itself is gone; what the daemon changed is back.
+        assert topo.run("director", ["nft", "list", "ruleset"], check=True).stdout == before[4]
+        assert not os.path.exists("/run/pylvs/netns-%s/daemon.state" % topo.netns("director"))
+    finally:
+        topo.teardown()

@@ -12,10 +12,13 @@ any of them and hand the engine batches:
                          AF_PACKET) or "ip" (bare IP packets, TUN)
   port.counters          dict: rx, tx, tx_errors, rx_ring_drops
 
+recv_batch raises PortGone when the interface it was bound to no longer
+exists (a link that only went down and up again goes on working).
+
 Everything the engine decides stays in the engine; ports only move bytes.
 """
 
-from .raw import RawPort
+from .raw import PortGone, RawPort
 from .tun import TunPort
 
-__all__ = ["RawPort", "TunPort"]
+__all__ = ["PortGone", "RawPort", "TunPort"]

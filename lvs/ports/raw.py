@@ -15,6 +15,8 @@ learns) are skipped, as ip_rcv() skips them: only what the host's IP layer
 would see reaches the loop.
 """
 
+import errno
+import fcntl
 import mmap
 import socket
 import struct
@@ -29,6 +31,7 @@ TPACKET_V2 = 1
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
 ETH_P_ALL = 0x0003
+SIOCGIFINDEX = 0x8933
 PACKET_OTHERHOST = 3
 PACKET_OUTGOING = 4
 
@@ -39,6 +42,10 @@ _SLL_PKTTYPE = 32 + 10    # sockaddr_ll follows the 32-byte aligned header; pktt
 FRAME_SIZE = 2048         # one Ethernet frame of MTU 1500 and the ring's header, aligned
 FRAME_COUNT = 1024        # frames in the ring (2 MiB)
 BLOCK_SIZE = 1 << 16      # ring memory is allocated in blocks of whole frames
+
+
+class PortGone(OSError):
+    """The interface the port was bound to is gone (deleted, or made anew)."""
 
 
 class RawPort:
@@ -56,6 +63,7 @@ class RawPort:
                 pass  # before Linux 4.20: the pkttype test below skips them
             if ring:
                 self._setup_ring(frame_count)
+            self.ifindex = self._ifindex()
             self.sock.bind((ifname, ETH_P_ALL))
             self.sock.setblocking(False)
         except Exception:
@@ -85,6 +93,24 @@ class RawPort:
     def fileno(self):
         return self.sock.fileno()
 
+    def _ifindex(self):
+        ifr = struct.pack("16si", self.name.encode(), 0)
+        return struct.unpack_from("16si", fcntl.ioctl(self.sock.fileno(), SIOCGIFINDEX, ifr))[1]
+
+    def _woken_empty(self):
+        """Readable with nothing to read: a socket error (the link went down or away)
+        that would keep the selector returning at once. Reading SO_ERROR clears it;
+        a link that came back keeps working, one that is gone raises PortGone."""
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if not err:
+            return
+        try:
+            same = self._ifindex() == self.ifindex
+        except OSError:
+            same = False
+        if not same:
+            raise PortGone(errno.ENODEV, "%s is gone (%s)" % (self.name, errno.errorcode.get(err, err)))
+
     def recv_batch(self, limit=64):
         if self.ring is None:
             return self._recv_plain(limit)
@@ -100,6 +126,8 @@ class RawPort:
                 out.append(ring[base + mac:base + mac + snaplen])
             ring[base:base + 4] = b"\0\0\0\0"  # TP_STATUS_KERNEL: the slot is the kernel's again
             slot = slot + 1 if slot + 1 < frames else 0
+        if slot == self.slot:
+            self._woken_empty()
         self.slot = slot
         self.counters["rx"] += len(out)
         return out
@@ -111,6 +139,9 @@ class RawPort:
             try:
                 data, addr = recvfrom(65535)
             except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._woken_empty()
                 break
             if addr[2] < PACKET_OTHERHOST:
                 out.append(data)
