@@ -21,19 +21,17 @@ does what the kernel does around IPVS so that the answer reaches the wire:
 """
 
 import ipaddress
-import json
 import socket
 import struct
 
 from . import arp, hostconf
 from .checksum import checksum, l4_checksum
 from .flags import IP_VS_CONN_F_MASQ, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
-from .icmp import build_error
+from .icmp import build_error, ipv4_header, is_icmp_error
 from .neigh import Neighbours, Routes
 from .ports import RawPort
 
 NFT_TABLE = "pylvs"
-ICMP_ERRORS = (3, 4, 5, 11, 12)
 BATCH = 64
 OFFLOADS = (("gro", "generic-receive-offload"), ("lro", "large-receive-offload"),
             ("rx-gro-hw", "rx-gro-hw"))
@@ -48,22 +46,6 @@ _NFT_BODY = """\
         meta l4proto { tcp, udp } meta l4proto . ip saddr . th sport @masq drop
         ip saddr @masq_addrs icmp type { destination-unreachable, source-quench, redirect, time-exceeded, parameter-problem } drop
     }"""
-
-
-def interface_addresses(ifname):
-    """[(address bytes, prefix length)] of the interface's IPv4 addresses, primary first."""
-    out = hostconf.run(["ip", "-j", "-4", "addr", "show", "dev", ifname])
-    addrs = []
-    for link in json.loads(out or "[]"):
-        for a in link.get("addr_info", ()):
-            if a.get("family") == "inet":
-                addrs.append((socket.inet_aton(a["local"]), a.get("prefixlen", 32)))
-    return addrs
-
-
-def interface_mtu(ifname):
-    out = hostconf.run(["ip", "-j", "link", "show", "dev", ifname])
-    return json.loads(out)[0].get("mtu", 1500)
 
 
 def tcp_reset(packet, ihl, tot):
@@ -81,17 +63,7 @@ def tcp_reset(packet, ihl, tot):
     saddr, daddr = bytes(packet[16:20]), bytes(packet[12:16])
     tcp = bytearray(struct.pack("!HHIIBBHHH", dport, sport, rseq, rack, 0x50, rflags, 0, 0, 0))
     struct.pack_into("!H", tcp, 16, l4_checksum(saddr, daddr, IPPROTO_TCP, bytes(tcp)))
-    header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0x4000, 64, IPPROTO_TCP, 0,
-                                   saddr, daddr))
-    struct.pack_into("!H", header, 10, checksum(header))
-    return bytes(header + tcp)
-
-
-def _icmp_error(packet):
-    if packet[9] != IPPROTO_ICMP:
-        return False
-    ihl = (packet[0] & 15) << 2
-    return len(packet) > ihl and packet[ihl] in ICMP_ERRORS
+    return ipv4_header(0, 40, 0, 0x4000, IPPROTO_TCP, saddr, daddr) + bytes(tcp)
 
 
 class Director:
@@ -117,7 +89,7 @@ class Director:
 
     def start(self, now):
         for name in self.ifnames:
-            self.addrs[name] = interface_addresses(name)
+            self.addrs[name] = [(a, plen) for a, plen, _ in hostconf.ipv4_addresses(name)]
             if not self.addrs[name]:
                 raise hostconf.HostError("%s has no IPv4 address: the director needs one "
                                          "(source of its ARP requests and tunnels)" % name)
@@ -137,7 +109,7 @@ class Director:
         if self.engine.director_addr is None:
             # The kernel's tunnel source is the route's source address: ours.
             self.engine.director_addr = self.addrs[self.ifnames[0]][0][0]
-        self.engine.mtu = min(interface_mtu(name) for name in self.ifnames)
+        self.engine.mtu = min(hostconf.link_info(name).get("mtu", 1500) for name in self.ifnames)
         self.routes.load(now)
         self.sync()
 
@@ -205,17 +177,20 @@ class Director:
             if ethertype != arp.ETH_P_IP or frame[0:6] != mine:
                 continue  # ip_vs_in: only PACKET_HOST frames; IPv6 is not ours yet
             packet = frame[14:]
-            if not (self.all_to_engine or packet[16:20] in self.vips
-                    or packet[12:16] in self.dest_addrs or _icmp_error(packet)):
+            to_vip = packet[16:20] in self.vips
+            if not (to_vip or self.all_to_engine or packet[12:16] in self.dest_addrs
+                    or is_icmp_error(packet, (packet[0] & 15) << 2)):
                 counters["not_for_us"] += 1
                 continue  # the host's own traffic
-            to_vip = packet[16:20] in self.vips
             if to_vip and packet[9] == IPPROTO_ICMP and self._echo(packet, now):
                 continue
             counters["to_engine"] += 1
+            if not to_vip:
+                self.send(engine.receive(packet, now), now)
+                continue
             unclaimed = engine.drops["no_service"]
             self.send(engine.receive(packet, now), now)
-            if to_vip and engine.drops["no_service"] != unclaimed:
+            if engine.drops["no_service"] != unclaimed:
                 self._refuse(packet, now)
 
     def _arp(self, port, frame, now):
@@ -244,10 +219,9 @@ class Director:
         icmp[0] = 0
         icmp[2:4] = b"\0\0"
         struct.pack_into("!H", icmp, 2, checksum(icmp))
-        header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, packet[1], 20 + len(icmp), 0, 0x4000,
-                                       64, IPPROTO_ICMP, 0, packet[16:20], packet[12:16]))
-        struct.pack_into("!H", header, 10, checksum(header))
-        self._output(packet[12:16], bytes(header) + bytes(icmp), now)
+        header = ipv4_header(packet[1], 20 + len(icmp), 0, 0x4000, IPPROTO_ICMP,
+                             bytes(packet[16:20]), bytes(packet[12:16]))
+        self._output(packet[12:16], header + bytes(icmp), now)
         self.counters["echo_replies"] += 1
         return True
 

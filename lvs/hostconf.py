@@ -13,6 +13,7 @@ what we print is what a person could type.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -49,6 +50,34 @@ def run(argv, check=True, input=None):
     if check and r.returncode != 0:
         raise HostError("%s: %s" % (" ".join(argv), (r.stderr or r.stdout).strip()))
     return r.stdout
+
+
+def ip_json(*args):
+    """What `ip -j ARGS` prints, decoded; HostError if ip fails."""
+    try:
+        return json.loads(run(["ip", "-j"] + list(args)) or "[]")
+    except ValueError as e:
+        raise HostError("ip -j %s: %s" % (" ".join(args), e))
+
+
+def link_info(ifname):
+    """`ip -j link show dev IF`'s entry, or None if there is no such interface."""
+    try:
+        links = ip_json("link", "show", "dev", ifname)
+    except HostError:
+        return None
+    return links[0] if links else None
+
+
+def ipv4_addresses(ifname=None):
+    """[(address bytes, prefix length, interface)] of this namespace's IPv4 addresses
+    (of one interface), each interface's primary address first."""
+    found = []
+    for link in ip_json("-4", "addr", "show", *(["dev", ifname] if ifname else [])):
+        for a in link.get("addr_info", ()):
+            if a.get("family") == "inet":
+                found.append((socket.inet_aton(a["local"]), a.get("prefixlen", 32), link.get("ifname", "")))
+    return found
 
 
 def sysctl_path(name):
@@ -187,11 +216,26 @@ def cleanup(state_path, log=None, owner="lvs"):
     except (OSError, ValueError) as e:
         return True, ["cannot read %s: %s" % (state_path, e)]
     pid = state.get("pid")
-    if isinstance(pid, int) and pid != os.getpid() and process_alive(pid):
+    if isinstance(pid, int) and writer_alive(pid, owner.split()[-1]):
         return True, ["pid %d, which made these changes, is still running: stop it instead" % pid]
     failures = undo_steps(state.get("undo", []), log, owner)
     os.unlink(state_path)
     return True, failures
+
+
+def writer_alive(pid, command):
+    """Is `pid` still the process that wrote a journal: alive, in this network namespace,
+    running `lvs COMMAND` (not a reused pid, not an `lvs COMMAND --down/--cleanup`)?"""
+    if pid == os.getpid() or not process_alive(pid):
+        return False
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = f.read().split(b"\0")
+        same_net = os.stat("/proc/%d/ns/net" % pid).st_ino == os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return False
+    return (same_net and command.encode() in argv
+            and b"--down" not in argv and b"--cleanup" not in argv)
 
 
 def process_alive(pid):

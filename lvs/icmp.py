@@ -24,6 +24,13 @@ ERROR_TYPES = frozenset((3, 4, 5, 11, 12))  # dest unreach, quench, redirect, ti
 MAX_REPLY = 576
 
 
+def ipv4_header(tos, total, ident, frag, proto, saddr, daddr, ttl=64):
+    """A 20-byte IPv4 header with its checksum, for packets the director itself sends."""
+    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, tos, total, ident, frag, ttl, proto, 0, saddr, daddr))
+    struct.pack_into("!H", hdr, 10, checksum(hdr))
+    return bytes(hdr)
+
+
 def is_icmp_error(packet, ihl):
     return packet[9] == 1 and len(packet) > ihl and packet[ihl] in ERROR_TYPES
 
@@ -44,7 +51,4 @@ def build_error(packet, icmp_type, code, info, saddr, ident):
     struct.pack_into("!H", icmp, 2, checksum(icmp))
     total = 20 + len(icmp)
     tos = (packet[1] & 0x1E) | 0xC0  # the quoted TOS bits, internetwork-control precedence
-    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, tos, total, ident, 0, 64, 1, 0,
-                                saddr, bytes(packet[12:16])))
-    struct.pack_into("!H", hdr, 10, checksum(hdr))
-    return bytes(hdr + icmp)
+    return ipv4_header(tos, total, ident, 0, 1, saddr, bytes(packet[12:16])) + bytes(icmp)

@@ -13,7 +13,6 @@ while the old MAC stays in use (the kernel's STALE -> PROBE).
 """
 
 import ipaddress
-import json
 import socket
 
 from . import hostconf
@@ -59,11 +58,10 @@ class Routes:
 
 
 def _load_routes():
-    out = hostconf.run(["ip", "-j", "-4", "route", "show", "table", "main"], check=False)
     routes = []
     try:
-        entries = json.loads(out or "[]")
-    except ValueError:
+        entries = hostconf.ip_json("-4", "route", "show", "table", "main")
+    except hostconf.HostError:
         return routes
     for r in entries:
         if r.get("type", "unicast") != "unicast":
@@ -110,6 +108,8 @@ class Neighbours:
                 # Stale: keep using it, but ask again.
                 self.pending[addr] = [ifname, 0, now, [], 0]
             return e[0]
+        if addr in self.pending:
+            return None  # already asked: packets wait for the answer, no rereading the host's table
         hit = self.host_table().get(addr)
         if hit is not None and hit[1] == ifname:
             self.entries[addr] = [hit[0], now, ifname]

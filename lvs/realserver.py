@@ -289,28 +289,9 @@ class Decapsulator:
 
 # ---------------------------------------------------------------- host facts
 
-def _ip_json(*args):
-    return json.loads(hostconf.run(["ip", "-j"] + list(args)) or "[]")
-
-
-def link_info(ifname):
-    """`ip -j link show dev IF`'s entry, or None if there is no such interface."""
-    try:
-        links = _ip_json("link", "show", "dev", ifname)
-    except (hostconf.HostError, ValueError):
-        return None
-    return links[0] if links else None
-
-
 def local_addresses(ifname=None):
     """{address bytes: interface} of this namespace's IPv4 addresses (of one interface)."""
-    args = ["-4", "addr", "show"] + (["dev", ifname] if ifname else [])
-    found = {}
-    for link in _ip_json(*args):
-        for a in link.get("addr_info", ()):
-            if a.get("family") == "inet":
-                found[socket.inet_aton(a["local"])] = link.get("ifname", "")
-    return found
+    return {addr: dev for addr, _, dev in hostconf.ipv4_addresses(ifname)}
 
 
 def default_routes():
@@ -335,7 +316,7 @@ def routes_exact(prefix):
 
 def kernel_ipip():
     """'present' if tunl0 exists here, 'loadable' if the ipip module is loaded or on disk, else None."""
-    if link_info("tunl0") is not None:
+    if hostconf.link_info("tunl0") is not None:
         return "present"
     if os.path.isdir("/sys/module/ipip"):
         return "loadable"   # loaded, but no fallback device in this namespace
@@ -386,7 +367,7 @@ class Setup:
                                  "director's packets for it and answers from it")
 
     def _link_up(self, dev, why):
-        info = link_info(dev) or {}
+        info = hostconf.link_info(dev) or {}
         if "UP" not in info.get("flags", ()):
             self.changes.command(["ip", "link", "set", dev, "up"], ["ip", "link", "set", dev, "down"], why)
 
@@ -409,7 +390,7 @@ class Setup:
 
     def nat(self):
         director = self.args.director
-        hop = _ip_json("-4", "route", "get", director)
+        hop = hostconf.ip_json("-4", "route", "get", director)
         hop = hop[0] if hop else {}
         if hop.get("gateway") or hop.get("type", "unicast") != "unicast" or not hop.get("dev"):
             raise hostconf.HostError("the director %s is not on a segment of ours (ip route get: %s): "
@@ -421,7 +402,7 @@ class Setup:
         # The segment itself: clients on it (the tutorial's, all in one subnet) would be
         # answered directly, from our own address instead of the VIP, and drop the answer.
         segment = []
-        for link in _ip_json("-4", "addr", "show", "dev", dev):
+        for link in hostconf.ip_json("-4", "addr", "show", "dev", dev):
             for a in link.get("addr_info", ()):
                 net = ipaddress.IPv4Network("%s/%s" % (a["local"], a.get("prefixlen", 32)), strict=False)
                 if ipaddress.IPv4Address(director) in net and net.prefixlen < 31:
@@ -474,7 +455,7 @@ class Setup:
                                  "the kernel's IPIP fallback device, as the tutorial uses it")
             return True
         except hostconf.HostError as e:
-            if link_info("tunl0") is not None:
+            if hostconf.link_info("tunl0") is not None:
                 return True    # the module came and made it (its fallback device is not ours to delete)
             if forced:
                 raise
@@ -508,7 +489,7 @@ class Setup:
     def _userspace_tunnel(self):
         a = self.args
         tun_name = a.tun_name
-        if link_info(tun_name) is not None:
+        if hostconf.link_info(tun_name) is not None:
             raise hostconf.HostError("%s exists already; it is not ours to use (--tun-name)" % tun_name)
         if hostconf.run(["nft", "list", "table", "ip", NFT_TABLE], check=False):
             raise hostconf.HostError("nftables table ip %s exists already (is another lvs "
@@ -711,7 +692,7 @@ def _command(p, args):
         hint = "lvs realserver --down" + ("" if default_state else " --state-file " + args.state_file)
         return _fail("%s exists: a real server set up earlier was not taken down; run `%s` first"
                      % (args.state_file, hint))
-    if args.iface and link_info(args.iface) is None:
+    if args.iface and hostconf.link_info(args.iface) is None:
         return _fail("no interface %s here" % args.iface)
     if args.method == "tunnel" and args.detach:
         return _detach(args)
@@ -887,17 +868,6 @@ def _reap(pid):
         pass
 
 
-def _ours(pid):
-    """Is `pid` still an `lvs realserver` of this network namespace (not a reused pid)?"""
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            argv = f.read().split(b"\0")
-        same_net = os.stat("/proc/%d/ns/net" % pid).st_ino == os.stat("/proc/self/ns/net").st_ino
-    except OSError:
-        return False
-    return same_net and b"realserver" in argv and b"--down" not in argv
-
-
 def down(state_path, log, timeout=15.0):
     """Undo what `lvs realserver` did: stop its decapsulator if it still runs (it undoes on
     its way out), else replay the state file's undo steps."""
@@ -910,12 +880,7 @@ def down(state_path, log, timeout=15.0):
     except (OSError, ValueError) as e:
         return _fail("cannot read %s: %s" % (state_path, e))
     pid = state.get("pid")
-    if isinstance(pid, int) and pid != os.getpid() and hostconf.process_alive(pid):
-        if not _ours(pid):
-            log("%s: pid %d, recorded in %s, is no longer lvs realserver" % (OWNER, pid, state_path))
-            failures = hostconf.undo_steps(state.get("undo", []), log, OWNER)
-            os.unlink(state_path)
-            return _done(failures, log)
+    if isinstance(pid, int) and hostconf.writer_alive(pid, "realserver"):
         log("%s: stopping pid %d (SIGTERM); it undoes its changes as it exits" % (OWNER, pid))
         try:
             os.kill(pid, signal.SIGTERM)

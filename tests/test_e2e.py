@@ -176,6 +176,13 @@ def finish_hold(lab, p, release):
     return json.loads(lines[1])
 
 
+def daemon_pid(topo):
+    """The director's daemon, as its control socket names it."""
+    r = topo.python("director", "from lvs import ctl; import json; "
+                                "print(json.dumps(ctl.request(ctl.socket_path(), {'op': 'ping'})))")
+    return json.loads(r.stdout)["pid"]
+
+
 def dest_counts(lab, addr_port):
     """(ActiveConn, InActConn) of one real server in `lvsadm -Ln`."""
     for line in lab.lvsadm("-Ln").stdout.splitlines():
@@ -359,8 +366,7 @@ def test_port_unreachable_from_a_nat_server_reaches_the_client_translated(lab, a
 
 def test_an_idle_daemon_uses_no_cpu(lab, adm):
     adm("-A", "-t", VIP + ":80", "-s", "rr")
-    pid = json.loads(lab.python("director", "from lvs import ctl; import json; "
-                                "print(json.dumps(ctl.request(ctl.socket_path(), {'op': 'ping'})))").stdout)["pid"]
+    pid = daemon_pid(lab)
 
     def ticks():
         with open("/proc/%d/stat" % pid) as f:
@@ -400,8 +406,7 @@ def test_sigkill_then_cleanup_leaves_the_host_as_found(lab):
         assert VIP + ":8080" in topo.lvsadm("-Ln").stdout
         assert ":8080" not in lab.lvsadm("-Ln").stdout
         assert host_state(topo, "director") != before  # the nft table is there
-        pid = json.loads(topo.python("director", "from lvs import ctl; import json; "
-                                     "print(json.dumps(ctl.request(ctl.socket_path(), {'op': 'ping'})))").stdout)["pid"]
+        pid = daemon_pid(topo)
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while os.path.exists("/proc/%d" % pid) and time.monotonic() < deadline:
@@ -429,8 +434,7 @@ def test_the_daemon_stops_and_cleans_up_when_its_interface_goes_away():
     try:
         before = host_state(topo, "director")
         topo.start_daemon(log_path=os.path.join(topo.workdir, "gone.log"))
-        pid = json.loads(topo.python("director", "from lvs import ctl; import json; "
-                                     "print(json.dumps(ctl.request(ctl.socket_path(), {'op': 'ping'})))").stdout)["pid"]
+        pid = daemon_pid(topo)
         topo._daemon = False  # it will be gone: teardown need not stop it
         # A link that goes down and up again is survived.
         topo.run("director", ["ip", "link", "set", "eth0", "down"], check=True)
