@@ -50,7 +50,9 @@ _NFT_BODY = """\
 
 def tcp_reset(packet, ihl, tot):
     """The RST a closed port answers with (tcp_v4_send_reset): to an ACK, with its
-    ack number as our sequence; otherwise acknowledging what the segment held."""
+    ack number as our sequence; otherwise acknowledging what the segment held. As
+    6.1's ip_send_unicast_reply sends it: the segment's TOS less its ECN bits, DF,
+    and (DF, from an unconnected socket) IP ID 0."""
     th = ihl
     sport, dport, seq, ack = struct.unpack_from("!HHII", packet, th)
     flags = packet[th + 13]
@@ -63,7 +65,7 @@ def tcp_reset(packet, ihl, tot):
     saddr, daddr = bytes(packet[16:20]), bytes(packet[12:16])
     tcp = bytearray(struct.pack("!HHIIBBHHH", dport, sport, rseq, rack, 0x50, rflags, 0, 0, 0))
     struct.pack_into("!H", tcp, 16, l4_checksum(saddr, daddr, IPPROTO_TCP, bytes(tcp)))
-    return ipv4_header(0, 40, 0, 0x4000, IPPROTO_TCP, saddr, daddr) + bytes(tcp)
+    return ipv4_header(packet[1] & 0xFC, 40, 0, 0x4000, IPPROTO_TCP, saddr, daddr) + bytes(tcp)
 
 
 class Director:
@@ -208,7 +210,9 @@ class Director:
             self.counters["arp_replies"] += 1
 
     def _echo(self, packet, now):
-        """An echo request to a VIP: answered from the VIP, as the director's stack would."""
+        """An echo request to a VIP: answered from the VIP, as the director's stack would
+        (icmp_reply: the request's TOS; the ICMP socket does no PMTU discovery, so no DF
+        and an IP ID from the per-destination counters)."""
         ihl = (packet[0] & 15) << 2
         tot = (packet[2] << 8) | packet[3]
         if tot > len(packet) or tot < ihl + 8 or packet[ihl] != 8 or (packet[6] & 0x3F) or packet[7]:
@@ -219,8 +223,9 @@ class Director:
         icmp[0] = 0
         icmp[2:4] = b"\0\0"
         struct.pack_into("!H", icmp, 2, checksum(icmp))
-        header = ipv4_header(packet[1], 20 + len(icmp), 0, 0x4000, IPPROTO_ICMP,
-                             bytes(packet[16:20]), bytes(packet[12:16]))
+        vip, client = bytes(packet[16:20]), bytes(packet[12:16])
+        header = ipv4_header(packet[1], 20 + len(icmp), self.engine.ip_ident(vip, client, IPPROTO_ICMP),
+                             0, IPPROTO_ICMP, vip, client)
         self._output(packet[12:16], header + bytes(icmp), now)
         self.counters["echo_replies"] += 1
         return True
@@ -233,8 +238,10 @@ class Director:
         tot = (packet[2] << 8) | packet[3]
         if tot > len(packet) or ((packet[6] << 8) | packet[7]) & 0x3FFF:
             return  # fragments: the reassembled datagram was the one refused
-        if packet[9] == IPPROTO_UDP and self.engine._icmp_allow(bytes(packet[12:16]), 3, 3):
-            reply = build_error(packet[:tot], 3, 3, 0, bytes(packet[16:20]), 0)
+        vip, client = bytes(packet[16:20]), bytes(packet[12:16])
+        if packet[9] == IPPROTO_UDP and self.engine._icmp_allow(client, 3, 3):
+            ident = self.engine.ip_ident(vip, client, IPPROTO_ICMP)
+            reply = build_error(packet[:tot], 3, 3, 0, vip, ident)
         elif packet[9] == IPPROTO_TCP and tot - ihl >= 20 and not packet[ihl + 13] & 0x04:
             reply = tcp_reset(packet, ihl, tot)
         else:

@@ -142,6 +142,7 @@ def test_echo_requests_to_a_vip_are_answered_from_the_vip(rig):
     pong = Ether(port.sent[0])
     assert pong[IP].src == VIP and pong[IP].dst == CLIENT and pong[ICMP].type == 0
     assert pong[ICMP].id == 7 and bytes(pong[ICMP].payload) == b"data"
+    assert not pong[IP].flags.DF  # the kernel's ICMP socket does no PMTU discovery
     rebuilt = IP(bytes(pong[IP]))
     del rebuilt.chksum, rebuilt[ICMP].chksum
     assert IP(bytes(rebuilt)).chksum == pong[IP].chksum
@@ -211,6 +212,7 @@ def test_a_vip_port_no_service_claims_is_refused_as_a_closed_local_port(rig):
     rst = Ether(port.sent[-1])
     assert rst[IP].src == VIP and rst[TCP].sport == 81 and rst[TCP].dport == 40000
     assert rst[TCP].flags == "RA" and rst[TCP].ack == 1001 and rst[TCP].seq == 0
+    assert rst[IP].flags.DF and rst[IP].id == 0
     check = IP(bytes(rst[IP]))
     del check[TCP].chksum
     assert IP(bytes(check))[TCP].chksum == rst[TCP].chksum
