@@ -18,12 +18,12 @@ _TCP, _UDP = 6, 17
 
 def _deltas(cp):
     """(IP header delta, L4 delta) for client->server; the reply uses their inverse."""
-    if cp.fast is None:
+    if cp.deltas is None:
         old = cp.vaddr + cp.vport.to_bytes(2, "big")
         new = cp.daddr + cp.dport.to_bytes(2, "big")
-        cp.fast = (delta(cp.vaddr, cp.daddr), delta(old, new),
+        cp.deltas = (delta(cp.vaddr, cp.daddr), delta(old, new),
                    delta(cp.daddr, cp.vaddr), delta(new, old))
-    return cp.fast
+    return cp.deltas
 
 
 def _rewrite(buf, ihl, addr_off, port_off, addr, port, ip_d, l4_d):

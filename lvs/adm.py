@@ -481,12 +481,12 @@ def _emit(io, line_io, lineno):
 def _scratch_copy(engine):
     """A copy of the engine's configuration to try a restore on.
 
-    The sysctl table, the connection table and the fragment queues are
-    shared, not copied: the control commands never change them (and
+    The sysctl table, the connection table, the fragment queues and the
+    fast path are shared, not copied: the control commands never change them (and
     EngineConfig does not survive deepcopy).
     """
     memo = {}
-    for name in ("config", "conntab", "defrag", "fwmark"):
+    for name in ("config", "conntab", "defrag", "fwmark", "fast"):
         value = getattr(engine, name, None)
         if value is not None:
             memo[id(value)] = value

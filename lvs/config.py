@@ -66,6 +66,7 @@ class EngineConfig:
     def __init__(self, **overrides):
         self.__dict__.update(DEFAULTS)
         self.secure_tcp_on = False
+        self.generation = 0   # moves with every set(): the fast path starts again
         for name, value in overrides.items():
             self.set(name, value)
 
@@ -91,6 +92,7 @@ class EngineConfig:
         if lo_hi and not lo_hi[0] <= parsed <= lo_hi[1]:
             raise ConfigError("invalid value %r for sysctl %s" % (value, name))
         self.__dict__[name] = parsed
+        self.generation += 1
         # The defense modes are on at 3 ("always"); 1 and 2 follow memory
         # pressure, which a userspace table never reaches, so they stay off.
         self.secure_tcp_on = self.__dict__["secure_tcp"] == 3

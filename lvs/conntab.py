@@ -21,7 +21,7 @@ class Connection:
         "protocol", "caddr", "cport", "vaddr", "vport", "daddr", "dport",
         "fwmark", "flags", "state", "old_state", "timeout", "expires", "dest",
         "control", "n_control", "seq", "in_pkts", "heap_at", "dead",
-        "fast",
+        "deltas", "fast",
     )
 
     def __init__(self, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, fwmark, seq):
@@ -45,7 +45,8 @@ class Connection:
         self.in_pkts = 0
         self.heap_at = None
         self.dead = False
-        self.fast = None       # precomputed rewrite for the NAT fast path
+        self.deltas = None     # NAT's checksum deltas, computed once (forwarders/nat.py)
+        self.fast = None       # keys of its fast path entries (lvs/fastpath.py)
 
     @property
     def is_template(self):
@@ -71,6 +72,7 @@ class ConnTable:
         self.templates = {}
         self._heap = []
         self._seq = 0
+        self.fast = None        # the engine's FastPath, told when the lookup tables change
 
     def __len__(self):
         return len(self.conns)
@@ -101,6 +103,8 @@ class ConnTable:
         if cp.flags & IP_VS_CONN_F_TEMPLATE:
             self.templates[cp.in_key()] = cp
         else:
+            if self.fast is not None:
+                self.fast.forget_keys(cp)
             self.by_in[cp.in_key()] = cp
             key = cp.out_key()
             older = self.by_out.get(key)
@@ -117,6 +121,8 @@ class ConnTable:
             if self.templates.get(key) is cp:
                 del self.templates[key]
         else:
+            if cp.fast is not None:
+                self.fast.forget(cp)
             key = cp.in_key()
             if self.by_in.get(key) is cp:
                 del self.by_in[key]

@@ -1,6 +1,6 @@
 """The packet path: what ip_vs_core.c does to each packet.
 
-receive() is ip_vs_out_hook (replies from real servers) then ip_vs_in_hook:
+receive_packet() is ip_vs_out_hook (replies from real servers) then ip_vs_in_hook:
 connection lookup, conn_reuse_mode, the dest check, ip_vs_schedule (with
 persistence templates and cache bypass), statistics, the TCP state
 machine, packet_xmit; ICMP errors go to lvs/proto_icmp.py. PacketPath is a
@@ -45,11 +45,14 @@ class PacketInfo:
 class PacketPath:
     """Engine's packet path (ip_vs_core.c)."""
 
-    def receive(self, packet, now):
-        """Handle one IPv4 packet arriving at the director; return the Transmits it causes."""
+    def receive_packet(self, packet, now):
+        """Handle one IPv4 packet arriving at the director; return the Transmits it causes.
+        This is the general path; Engine.receive goes through the fast path first."""
         self._out = out = self.expire(now)
         self._reasm = None
         self.short = False
+        self.touched = None      # the connection the packet found, for the fast path:
+        self.resolved = None     # the direction it went by, if it was sent
         try:
             self._receive(packet)
         except Exception:  # a bug must not take the director down: count it
@@ -161,9 +164,11 @@ class PacketPath:
             cp = self._conn_schedule(buf, ihl, proto, saddr, daddr, sport, dport)
             if cp is None:
                 return
+        self.touched = cp
         self._in_stats(cp, tot_len)
         self._set_state(cp, buf, ihl, proto_tcp.DIR_INPUT)
-        self.transmit(cp, buf, ihl)
+        if self.transmit(cp, buf, ihl):
+            self.resolved = proto_tcp.DIR_INPUT
         cp.in_pkts += 1
         self._conn_put(cp)
 
@@ -403,6 +408,7 @@ class PacketPath:
     def _handle_response(self, cp, buf, ihl, proto):
         """ip_vs_out + handle_response: NAT replies get the VIP back as source."""
         length = len(buf)
+        self.touched = cp
         if cp.flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_MASQ:
             sent = nat.reply(self, cp, buf, ihl)
         else:
@@ -412,6 +418,7 @@ class PacketPath:
         self._out_stats(cp, length)
         self._set_state(cp, buf, ihl, proto_tcp.DIR_OUTPUT)
         self._conn_put(cp)
+        self.resolved = proto_tcp.DIR_OUTPUT
 
     def _icmp(self, buf, ihl):
         proto_icmp.handle(self, buf, ihl)

@@ -6,7 +6,9 @@ is always an argument, and time only moves when the caller says so. It is
 put together along the kernel's own lines, so that a reader holding the
 kernel's files finds each counterpart:
 
-  lvs/core.py       PacketPath: ip_vs_core.c -- receive() is ip_vs_out_hook
+  lvs/fastpath.py   FastPath: established connections with prepared rewrites;
+                    everything else goes on to
+  lvs/core.py       PacketPath: ip_vs_core.c -- receive_packet() is ip_vs_out_hook
                     (NAT replies) then ip_vs_in_hook (conn_in_get,
                     conn_reuse_mode, dest check, conn_schedule, in_stats,
                     set_state, packet_xmit, conn_put)
@@ -27,6 +29,7 @@ from .config import EngineConfig
 from .conntab import IP_VS_CTPL_S_ASSURED, ConnTable
 from .core import PacketPath
 from .defrag import Reassembler
+from .fastpath import FastPath, enabled_by_default
 from .flags import IP_VS_CONN_F_TEMPLATE, IPPROTO_TCP, IPPROTO_UDP
 from .icmp_send import ICMP_MSGS_BURST, IcmpSender
 from .stats import ESTIMATOR_PERIOD, Stats
@@ -40,7 +43,7 @@ CONN_TAB_SIZE = 4096
 class Engine(PacketPath, IcmpSender, Tables, Timers):
     """One director's IPVS: services, real servers, connections, counters and timers."""
 
-    def __init__(self, config=None, seed=0, director_addr=None, mtu=1500, fwmark=None):
+    def __init__(self, config=None, seed=0, director_addr=None, mtu=1500, fwmark=None, fastpath=None):
         self.config = config if config is not None else EngineConfig()
         self.seed = seed & 0xFFFFFFFF
         self.director_addr = director_addr  # tunnel source; None: the connection's VIP
@@ -71,6 +74,33 @@ class Engine(PacketPath, IcmpSender, Tables, Timers):
         self._icmp_stamp = None
         self.icmp_ratelimited = 0
         self._out = []
+        self.touched = None                 # the connection the last packet found
+        self.resolved = None                # and the direction it was sent in
+        self.generation = 0                 # moves with every table change (lvs/tables.py)
+        if fastpath is None:
+            fastpath = enabled_by_default()
+        self.fast = FastPath(self) if fastpath else None
+        self.conntab.fast = self.fast
+
+    def receive(self, packet, now):
+        """Handle one IPv4 packet arriving at the director; return the Transmits it causes."""
+        if self.fast is None:
+            return self.receive_packet(packet, now)
+        return self.fast.run((packet,), now)
+
+    def receive_batch(self, packets, now, unclaimed=None):
+        """Handle packets that arrived together at `now`, in order, as receive() would
+        one by one. Packets dropped because no service claims them are appended to
+        `unclaimed` (the live director refuses those, as a closed local port)."""
+        if self.fast is not None:
+            return self.fast.run(packets, now, unclaimed)
+        out = []
+        for packet in packets:
+            before = self.drops["no_service"]
+            out.extend(self.receive_packet(packet, now))
+            if unclaimed is not None and self.drops["no_service"] != before:
+                unclaimed.append(packet)
+        return out
 
     def _advance(self, now):
         if self._start is None:

@@ -184,4 +184,5 @@ def learn_pmtu(engine, dest, mtu):
     if mtu < engine.path_mtu(dest):
         dest.pmtu = mtu
         dest.pmtu_expires = engine.now + IP_RT_MTU_EXPIRES
+        engine.generation += 1  # prepared rewrites assumed the old path MTU
     return engine.path_mtu(dest)

@@ -6,6 +6,8 @@ A mixin of Engine (lvs/engine.py); a mistake raises ConfigError with
 ipvsadm's text and changes nothing.
 """
 
+import functools
+
 from . import proto_tcp
 from .control import (ADD_DEST, ADD_SERVICE, DEL_DEST, DEL_SERVICE, EDIT_DEST,
                       EDIT_SERVICE, FLUSH, SET_TIMEOUT, ZERO)
@@ -18,6 +20,15 @@ from .stats import Stats
 HZ = 250                       # Debian's kernel: timeouts are kept in jiffies
 DEST_TRASH_PERIOD = 120.0      # IP_VS_DEST_TRASH_PERIOD
 EINVAL_TEXT = "Invalid operation.  Possibly wrong module version, address not unicast, ..."
+
+
+def _changes_tables(method):
+    """A change of the tables: what the fast path prepared (lvs/fastpath.py) is out of date."""
+    @functools.wraps(method)
+    def change(self, *args, **kwargs):
+        self.generation += 1
+        return method(self, *args, **kwargs)
+    return change
 
 
 class Tables:
@@ -62,6 +73,7 @@ class Tables:
             # SIP parsing and conntrack helpers): answered as a missing module.
             raise ConfigError("Scheduler or persistence engine not found")
 
+    @_changes_tables
     def add_service(self, spec):
         if spec.key in self.services:
             raise ConfigError("Service already exists")
@@ -76,6 +88,7 @@ class Tables:
         self.services[svc.key] = svc
         return svc
 
+    @_changes_tables
     def edit_service(self, spec):
         svc = self._find_service(spec)
         if svc is None:
@@ -96,6 +109,7 @@ class Tables:
         svc.netmask = spec.netmask
         svc.pe_name = spec.pe_name
 
+    @_changes_tables
     def del_service(self, spec):
         svc = self.services.pop(spec.key, None)
         if svc is None:
@@ -108,6 +122,7 @@ class Tables:
         if svc.scheduler is not None:
             svc.scheduler.done_service(svc)
 
+    @_changes_tables
     def flush(self):
         for svc in list(self.services.values()):
             self._unlink_service(svc)
@@ -120,6 +135,7 @@ class Tables:
         if spec.tun_type == 1 and spec.tun_port == 0:  # GUE needs a port
             raise ConfigError(EINVAL_TEXT)
 
+    @_changes_tables
     def add_dest(self, svc_spec, spec):
         svc = self._find_service(svc_spec)
         if svc is None:
@@ -145,6 +161,7 @@ class Tables:
         elif svc.scheduler is not None:
             svc.scheduler.upd_dest(svc, dest)
 
+    @_changes_tables
     def edit_dest(self, svc_spec, spec):
         svc = self._find_service(svc_spec)
         if svc is None:
@@ -155,6 +172,7 @@ class Tables:
             raise ConfigError("No such destination")
         self._update_dest(svc, dest, spec, add=False)
 
+    @_changes_tables
     def del_dest(self, svc_spec, spec):
         svc = self._find_service(svc_spec)
         if svc is None:
@@ -255,6 +273,7 @@ class Tables:
             for dest in svc.destinations:
                 dest.stats.zero_out()
 
+    @_changes_tables
     def set_timeouts(self, tcp, tcpfin, udp):
         """ip_vs_set_timeout: 0 keeps a value."""
         for value in (tcp, tcpfin, udp):

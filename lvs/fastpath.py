@@ -1,0 +1,362 @@
+"""The fast path: packets of established connections without the general path.
+
+Most packets a director sees belong to connections it already knows, in a
+state their packet does not change: a data segment of an ESTABLISHED TCP
+connection, a datagram of a UDP one. For those the general path
+(lvs/core.py) does the same work every time: parse and check the headers,
+two table lookups, the state machine, statistics, the method's rewrite. Here
+that work is prepared once per connection and direction, when the general
+path has just handled one of its packets, and kept under the packet's raw
+bytes 12..24 (source, destination, ports) in one dict per protocol:
+
+  NAT     a new address and port at fixed offsets, the TTL decrement and the
+          IP and TCP/UDP checksum deltas (RFC 1624) folded into constants
+  ROUTE   direct routing, and replies the director only routes: TTL and
+          IP checksum
+  TUN     the outer header built from constants and the inner packet's
+          TOS, length, DF and TTL (IPIP, GRE and GUE without checksums)
+
+A packet takes an entry only if the general path would do exactly that to
+it: IPv4 without options, not a fragment, a good header checksum, TTL above
+1, no longer than the path allows, for TCP a plain ACK (no SYN, FIN or RST)
+in a state an ACK leaves as it is, for NAT'd UDP a non-zero checksum.
+Anything else goes to the general path, whose answer is the specification:
+afterwards the entry is learnt again from what it did. Entries go when their
+connection leaves the lookup tables, when a new connection takes one of their
+keys (lvs/conntab.py tells us), and all at once when lvsadm changes a table,
+a sysctl changes, or the MTU, director address or a real server's path MTU
+moves. Statistics are added up per real server and direction and folded
+into the engine's counters before anything else can read them: before the
+general path or the timers run, and at the end of every batch.
+
+Set PYLVS_FASTPATH=0 to run without it; the results are the same, bit for bit.
+"""
+
+import os
+import struct
+
+from . import proto_tcp
+from .checksum import delta, fold
+from .flags import (IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_MASQ,
+                    IP_VS_CONN_F_NOOUTPUT, IP_VS_CONN_F_ONE_PACKET, IP_VS_CONN_F_TEMPLATE,
+                    IP_VS_CONN_F_TUNNEL, IP_VS_CONN_F_TUNNEL_TYPE_GRE, IP_VS_CONN_F_TUNNEL_TYPE_GUE,
+                    IP_VS_DEST_F_AVAILABLE, IP_VS_TUNNEL_ENCAP_FLAG_CSUM,
+                    IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM, IPPROTO_TCP, IPPROTO_UDP)
+from .verdicts import Transmit
+from forwarders import tunnel
+
+NAT, ROUTE, TUN = 0, 1, 2
+TTL_DELTA = 0xFEFF            # the checksum update of a TTL decrement
+_TCP_EVENTS = 0x17            # the flags tcp_state_idx looks at: RST SYN FIN ACK
+_ECN = bytes(tunnel.ecn_encapsulate(tos) for tos in range(256))
+_PORTS = struct.Struct("!HH")
+_TTL_PROTO_CHECK = struct.Struct("!BBH")
+_CHECK = struct.Struct("!H")
+_OUTER = struct.Struct("!BBHHBBBBH4s4s")
+_GUE = struct.Struct("!HHHH")
+GUE_HEADER = b"\x00\x04\x00\x00"   # GUE v0, no options, carrying IPIP
+GRE_HEADER = b"\x00\x00\x08\x00"   # no flags, IPv4
+
+
+def enabled_by_default():
+    return os.environ.get("PYLVS_FASTPATH", "1") != "0"
+
+
+def key_bytes(a, aport, b, bport):
+    """The raw bytes 12..24 of a packet from a:aport to b:bport."""
+    return a + b + _PORTS.pack(aport, bport)
+
+
+def _words(addr):
+    return (addr[0] << 8 | addr[1]) + (addr[2] << 8 | addr[3])
+
+
+class FastPath:
+    """The engine's cache of prepared rewrites (see the module's notes)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.tables = {IPPROTO_TCP: {}, IPPROTO_UDP: {}}
+        self.accs = {}          # (dest, direction) -> [packets, bytes, stats blocks, direction]
+        self.pending = []       # accumulators holding counts not yet folded
+        self.hits = 0           # packets that took an entry
+        self._seen = None       # what the entries were prepared under
+
+    # ------------------------------------------------------------ the batch
+
+    def run(self, packets, now, unclaimed=None):
+        """Handle packets that arrived at `now`, in order; return what to send, in order."""
+        engine = self.engine
+        if self._seen != (engine.generation, engine.config.generation, engine.mtu, engine.director_addr):
+            self.clear()
+        out = engine.expire(now)
+        tcp_get = self.tables[IPPROTO_TCP].get
+        udp_get = self.tables[IPPROTO_UDP].get
+        pending = self.pending
+        append = out.append
+        pack_ttl = _TTL_PROTO_CHECK.pack_into
+        pack_check = _CHECK.pack_into
+        from_bytes = int.from_bytes
+        hits = 0
+        dirty = False
+        for p in packets:
+            if dirty:
+                # The general path ran: timers may be due again, tables may have moved.
+                dirty = False
+                due = engine.expire(now)
+                if due:
+                    out.extend(due)
+                if self._seen != (engine.generation, engine.config.generation, engine.mtu,
+                                  engine.director_addr):
+                    self.clear()
+            if p.__class__ is not bytes:
+                p = bytes(p)  # keys must hash; the general path copies anyway
+            e = None
+            n = len(p)
+            if n >= 28 and p[0] == 0x45:
+                proto = p[9]
+                if proto == 6:
+                    if n >= 40 and p[33] & _TCP_EVENTS == 0x10:
+                        e = tcp_get(p[12:24])
+                elif proto == 17:
+                    e = udp_get(p[12:24])
+            if e is not None:
+                tot = (p[2] << 8) | p[3]
+                if tot != n and (tot > n or tot < (40 if proto == 6 else 28)):
+                    e = None
+                elif (p[6] & 0x3F or p[7] or p[8] <= 1 or tot > e[3]
+                      or from_bytes(p[:20], "big") % 0xFFFF):
+                    e = None
+                elif proto == 17 and not (p[26] or p[27]) and e[0] == NAT:
+                    e = None  # sent without a checksum: NAT computes a full one
+            if e is None:
+                if pending:
+                    self.fold()
+                if unclaimed is None:
+                    out.extend(engine.receive_packet(p, now))
+                else:
+                    before = engine.drops["no_service"]
+                    out.extend(engine.receive_packet(p, now))
+                    if engine.drops["no_service"] != before:
+                        unclaimed.append(p)
+                self.learn(p)
+                dirty = True
+                continue
+            if tot != n:
+                p = p[:tot]  # link-layer padding
+            kind, cp, acc, _, timeout, nexthop, a, b, c, d, zero, inbound, _ = e
+            if kind == NAT:
+                csum_off = 36 if proto == 6 else 26
+                t = (((p[csum_off] << 8) | p[csum_off + 1]) ^ 0xFFFF) + d
+                s = (((p[10] << 8) | p[11]) ^ 0xFFFF) + c
+                buf = bytearray(p)
+                pack_ttl(buf, 8, p[8] - 1, proto, ((s & 0xFFFF) + (s >> 16)) ^ 0xFFFF)
+                buf[a[0]:a[0] + 4] = b[0]
+                buf[a[1]:a[1] + 2] = b[1]
+                pack_check(buf, csum_off, (((t & 0xFFFF) + (t >> 16)) ^ 0xFFFF) or zero)
+                append(Transmit(nexthop, bytes(buf)))
+            elif kind == ROUTE:
+                s = (((p[10] << 8) | p[11]) ^ 0xFFFF) + TTL_DELTA
+                buf = bytearray(p)
+                pack_ttl(buf, 8, p[8] - 1, proto, ((s & 0xFFFF) + (s >> 16)) ^ 0xFFFF)
+                append(Transmit(p[16:20] if nexthop is None else nexthop, bytes(buf)))
+            else:
+                append(Transmit(nexthop, self._encapsulate(p, tot, a, b, c, d)))
+            if not acc[0]:
+                pending.append(acc)
+            acc[0] += 1
+            acc[1] += tot
+            if inbound:
+                cp.in_pkts += 1
+            cp.expires = now + timeout
+            hits += 1
+        self.hits += hits
+        if pending:
+            self.fold()
+        return out
+
+    def _encapsulate(self, p, tot, outer, prefix, base, gue):
+        """ip_vs_tunnel_xmit with everything the connection fixes prepared."""
+        saddr, daddr, proto, df_copy = outer
+        ttl = p[8] - 1
+        s = (((p[10] << 8) | p[11]) ^ 0xFFFF) + TTL_DELTA
+        inner = bytearray(p)
+        _TTL_PROTO_CHECK.pack_into(inner, 8, ttl, p[9], ((s & 0xFFFF) + (s >> 16)) ^ 0xFFFF)
+        if gue is not None:
+            prefix = _GUE.pack(gue[0], gue[1], 8 + 4 + tot, 0) + GUE_HEADER
+        length = 20 + len(prefix) + tot
+        df = p[6] & 0x40 if df_copy else 0
+        ident = 0 if df else self.engine.ip_ident(saddr, daddr, proto)
+        tos = _ECN[p[1]]
+        s = base + tos + length + ident + (df << 8) + (ttl << 8)
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
+        return _OUTER.pack(0x45, tos, length, ident, df, 0, ttl, proto, s ^ 0xFFFF,
+                           saddr, daddr) + prefix + inner
+
+    # ------------------------------------------------------------ learning
+
+    def learn(self, p):
+        """After the general path handled `p`: prepare what it did, if the next
+        packet of its flow and direction will need exactly the same."""
+        engine = self.engine
+        cp = engine.touched
+        if cp is None:
+            return
+        snapshot = (cp.state, cp.flags, cp.timeout)
+        if cp.fast is not None:
+            self._forget_stale(cp, snapshot)
+        direction = engine.resolved
+        if direction is None or engine._reasm is not None or engine.short or p[0] != 0x45:
+            return
+        flags = cp.flags
+        dest = cp.dest
+        if (flags & (IP_VS_CONN_F_ONE_PACKET | IP_VS_CONN_F_TEMPLATE) or cp.dead
+                or dest is None or not dest.flags & IP_VS_DEST_F_AVAILABLE):
+            return
+        inbound = direction == proto_tcp.DIR_INPUT
+        proto = cp.protocol
+        if proto == IPPROTO_TCP:
+            if flags & IP_VS_CONN_F_NOOUTPUT:
+                if not inbound:
+                    return
+                direction = proto_tcp.DIR_INPUT_ONLY
+            states = proto_tcp.TCP_STATES_DOS if engine.config.secure_tcp_on else proto_tcp.TCP_STATES
+            if states[direction + 2][cp.state] != cp.state:
+                return  # an ACK moves this state: every packet needs the state machine
+            timeout = engine.tcp_timeouts[cp.state]
+        elif proto == IPPROTO_UDP:
+            timeout = engine.udp_timeout
+        else:
+            return
+        if cp.timeout != timeout:
+            return
+        mtu = engine.mtu
+        path = min(mtu, dest.pmtu) if dest.pmtu else mtu
+        method = flags & IP_VS_CONN_F_FWD_MASK
+        zero = 0xFFFF if proto == IPPROTO_UDP else 0  # a computed UDP checksum 0 is sent as 0xFFFF
+        a = b = c = d = None
+        if inbound:
+            nexthop = cp.daddr
+            if method == IP_VS_CONN_F_MASQ:
+                kind, limit = NAT, path
+                old, new = cp.vaddr + cp.vport.to_bytes(2, "big"), cp.daddr + cp.dport.to_bytes(2, "big")
+                a, b = (16, 22), (cp.daddr, new[4:])
+                c, d = fold(delta(cp.vaddr, cp.daddr) + TTL_DELTA), delta(old, new)
+            elif method == IP_VS_CONN_F_DROUTE:
+                kind, limit = ROUTE, path
+            elif method == IP_VS_CONN_F_TUNNEL:
+                kind = TUN
+                prepared = self._tunnel(cp, dest, p, path)
+                if prepared is None:
+                    return
+                limit, a, b, c, d = prepared
+            else:
+                return
+        else:
+            if method == IP_VS_CONN_F_MASQ:
+                kind, limit, nexthop = NAT, mtu, cp.caddr
+                old, new = cp.daddr + cp.dport.to_bytes(2, "big"), cp.vaddr + cp.vport.to_bytes(2, "big")
+                a, b = (12, 20), (cp.vaddr, new[4:])
+                c, d = fold(delta(cp.daddr, cp.vaddr) + TTL_DELTA), delta(old, new)
+            else:
+                kind, limit, nexthop = ROUTE, mtu, None  # routed on to where it was sent
+        entry = (kind, cp, self._acc(dest, inbound), limit, timeout, nexthop, a, b, c, d, zero, inbound,
+                 snapshot)
+        key = p[12:24]
+        self.tables[proto][key] = entry
+        keys = cp.fast
+        if keys is None:
+            cp.fast = [key]
+        elif key not in keys:
+            keys.append(key)
+        self._seen = (engine.generation, engine.config.generation, engine.mtu, engine.director_addr)
+
+    def _tunnel(self, cp, dest, p, path):
+        """(limit, outer, prefix, checksum base, GUE ports) for a tunnel connection."""
+        engine = self.engine
+        tun_type = dest.tun_type
+        if tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GUE:
+            if dest.tun_flags & (IP_VS_TUNNEL_ENCAP_FLAG_CSUM | IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM):
+                return None
+            proto, prefix = IPPROTO_UDP, b""
+            gue = (tunnel.gue_source_port(engine, p), dest.tun_port)
+        elif tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GRE:
+            if dest.tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_CSUM:
+                return None
+            proto, prefix, gue = tunnel.IPPROTO_GRE, GRE_HEADER, None
+        else:
+            proto, prefix, gue = tunnel.IPPROTO_IPIP, b"", None
+        saddr = engine.director_addr or cp.vaddr
+        base = 0x4500 + proto + _words(saddr) + _words(cp.daddr)
+        outer = (saddr, cp.daddr, proto, bool(engine.config.pmtu_disc))
+        return path - tunnel.overhead(dest), outer, prefix, base, gue
+
+    def _acc(self, dest, inbound):
+        acc = self.accs.get((dest, inbound))
+        if acc is None:
+            acc = [0, 0, (dest.stats, dest.svc.stats, self.engine.tot_stats), inbound]
+            self.accs[(dest, inbound)] = acc
+        return acc
+
+    # ------------------------------------------------------------ upkeep
+
+    def fold(self):
+        """Add the counts gathered since the last fold to the engine's counters."""
+        for acc in self.pending:
+            packets, octets, blocks, inbound = acc
+            acc[0] = acc[1] = 0
+            if inbound:
+                for st in blocks:
+                    st.inpkts += packets
+                    st.inbytes += octets
+            else:
+                for st in blocks:
+                    st.outpkts += packets
+                    st.outbytes += octets
+        self.pending.clear()
+
+    def forget(self, cp):
+        """cp leaves the lookup tables: its entries go."""
+        tab = self.tables.get(cp.protocol)
+        for key in cp.fast:
+            e = tab.get(key)
+            if e is not None and e[1] is cp:
+                del tab[key]
+        cp.fast = None
+
+    def _forget_stale(self, cp, snapshot):
+        """The general path handled a packet of cp: entries prepared for another
+        state, flags or timeout go (the other direction's too)."""
+        tab = self.tables.get(cp.protocol)
+        keep = []
+        for key in cp.fast:
+            e = tab.get(key)
+            if e is None or e[1] is not cp:
+                continue
+            if e[12] != snapshot:
+                del tab[key]
+            else:
+                keep.append(key)
+        cp.fast = keep or None
+
+    def forget_keys(self, cp):
+        """cp enters the lookup tables: whatever its packets found before may change."""
+        tab = self.tables.get(cp.protocol)
+        if tab:
+            tab.pop(key_bytes(cp.caddr, cp.cport, cp.vaddr, cp.vport), None)
+            _, a, aport, b, bport = cp.out_key()
+            tab.pop(key_bytes(a, aport, b, bport), None)
+
+    def clear(self):
+        self.fold()
+        for tab in self.tables.values():
+            for e in tab.values():
+                e[1].fast = None
+            tab.clear()
+        self.accs.clear()
+        engine = self.engine
+        self._seen = (engine.generation, engine.config.generation, engine.mtu, engine.director_addr)
+
+    def __len__(self):
+        return sum(len(tab) for tab in self.tables.values())

@@ -1,0 +1,330 @@
+"""The fast path changes nothing but speed (lvs/fastpath.py).
+
+Two engines get the same random sequences of packets and lvsadm commands:
+one with the fast path, fed in batches, one without, fed packet by packet.
+Every frame they send, every listing (-Ln --stats, -Lnc), every counter and
+every drop must be the same. Other tests check that the fast path is taken.
+"""
+
+import random
+import struct
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lvs import adm
+from lvs.checksum import checksum, l4_checksum
+from lvs.engine import Engine
+
+VIP = "203.0.113.200"
+CLIENTS = ("198.51.100.7", "198.51.100.8")
+RS = ("192.0.2.11", "192.0.2.12", "192.0.2.13")
+# port -> (protocol, method of the real servers, extra dest options)
+SERVICES = {
+    80: ("-t", "-m", ()),
+    53: ("-u", "-m", ()),
+    443: ("-t", "-g", ()),
+    8080: ("-t", "-i", ()),
+    8081: ("-t", "-i", ("--tun-type", "gue", "--tun-port", "6080")),
+    8082: ("-u", "-i", ("--tun-type", "gre")),
+}
+
+
+def a2b(text):
+    return bytes(int(x) for x in text.split("."))
+
+
+def ipv4(src, dst, proto, l4, ttl=64, df=True, tos=0, frag=0, options=b"", bad_check=False):
+    ihl = 5 + len(options) // 4
+    head = bytearray(struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, tos, ihl * 4 + len(l4), 0x1234,
+                                 (0x4000 if df else 0) | frag, ttl, proto, 0, a2b(src), a2b(dst)))
+    head += options
+    struct.pack_into("!H", head, 10, checksum(bytes(head)) ^ (0x0101 if bad_check else 0))
+    return bytes(head) + l4
+
+
+def tcp(src, dst, sport, dport, flags, payload):
+    seg = bytearray(struct.pack("!HHIIBBHHH", sport, dport, 1000, 2000, 0x50, flags, 8192, 0, 0) + payload)
+    struct.pack_into("!H", seg, 16, l4_checksum(a2b(src), a2b(dst), 6, bytes(seg)))
+    return bytes(seg)
+
+
+def udp(src, dst, sport, dport, payload, zero_check=False):
+    seg = bytearray(struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload)
+    if not zero_check:
+        struct.pack_into("!H", seg, 6, l4_checksum(a2b(src), a2b(dst), 17, bytes(seg)) or 0xFFFF)
+    return bytes(seg)
+
+
+@st.composite
+def oddities(draw):
+    """Now and then a packet is made odd in one of the ways the fast path must
+    leave to the general path; (what, value)."""
+    odd = draw(st.integers(0, 19))
+    value = None
+    if odd == 1:
+        value = draw(st.sampled_from([0, 1, 2]))          # TTL
+    elif odd == 3:
+        value = draw(st.sampled_from([0x2000, 0x0010, 0x2010]))  # MF, offset, both
+    elif odd == 8:
+        value = draw(st.floats(0, 1, exclude_max=True))    # where to cut it
+    return odd, value, draw(st.sampled_from([0, 0, 10, 200, 1400, 1480])), draw(st.integers(0, 9)) == 0
+
+
+def segment(eng, move):
+    """The packet of one move of a flow. A NAT reply comes from the real server
+    the connection went to (as the reference engine knows it); DR and tunnel
+    replies routed through the director still carry the VIP."""
+    port, client, cport, tos, reply, flags, (odd, value, size, zero_check) = move
+    proto = 6 if SERVICES[port][0] == "-t" else 17
+    if reply:
+        src = VIP
+        if SERVICES[port][1] == "-m":
+            cp = eng.conntab.by_in.get((proto, a2b(client), cport, a2b(VIP), port))
+            src = ".".join(map(str, cp.daddr)) if cp is not None else RS[0]
+        dst, sport, dport = client, port, cport
+    else:
+        src, dst, sport, dport = client, VIP, cport, port
+    if proto == 6:
+        l4 = tcp(src, dst, sport, dport, flags, bytes(size))
+    else:
+        l4 = udp(src, dst, sport, dport, bytes(size), zero_check=zero_check)
+    kw = {1: {"ttl": value}, 2: {"bad_check": True}, 3: {"frag": value},
+          4: {"options": b"\x01\x01\x01\x00"}, 5: {"df": False}}.get(odd, {})
+    packet = ipv4(src, dst, proto, l4, tos=tos, **kw)
+    if odd == 7:
+        packet += b"\0" * 6          # link-layer padding
+    elif odd == 8:
+        packet = packet[:int(value * len(packet))]
+    return packet
+
+
+# What flows do: (reply?, TCP flags) in the order a client and server send them.
+OPEN = [(False, 0x02), (True, 0x12), (False, 0x10)]
+DATA = [(False, 0x18), (True, 0x18), (False, 0x10), (True, 0x10)]
+CLOSE = [(False, 0x11), (True, 0x10), (True, 0x11), (False, 0x10)]
+ODD = [(False, 0x04), (False, 0x00), (False, 0x50), (True, 0x14), (False, 0x02)]
+
+
+@st.composite
+def conversations(draw):
+    """Packets of one flow: mostly what real clients and servers send, in order."""
+    port = draw(st.sampled_from(sorted(SERVICES)))
+    client = draw(st.sampled_from(CLIENTS))
+    cport = draw(st.sampled_from([40000, 40001, 40002]))
+    tos = draw(st.sampled_from([0, 0, 0, 1, 2, 3, 0xB8, 0xBB]))  # ECN bits: tunnels map CE
+    moves = list(OPEN) if draw(st.integers(0, 3)) else []
+    for part in draw(st.lists(st.sampled_from(["open", "data", "data", "close", "odd"]), min_size=1, max_size=4)):
+        if part == "open":
+            moves += OPEN
+        elif part == "data":
+            moves += draw(st.lists(st.sampled_from(DATA), min_size=1, max_size=6))
+        elif part == "close":
+            moves += CLOSE
+        else:
+            moves.append(draw(st.sampled_from(ODD)))
+    # Now and then a packet is lost, or its direction passes the director by.
+    return [(port, client, cport, tos, reply, flags, draw(oddities())) for reply, flags in moves
+            if draw(st.integers(0, 4))]
+
+
+COMMANDS = [
+    ["-e", "-t", VIP + ":80", "-r", RS[0] + ":80", "-m", "-w", "0"],
+    ["-e", "-t", VIP + ":80", "-r", RS[0] + ":80", "-m", "-w", "3"],
+    ["-d", "-t", VIP + ":80", "-r", RS[1] + ":80"],
+    ["-a", "-t", VIP + ":80", "-r", RS[1] + ":80", "-m"],
+    ["-d", "-u", VIP + ":53", "-r", RS[0] + ":53"],
+    ["-a", "-u", VIP + ":53", "-r", RS[0] + ":53", "-m"],
+    ["-e", "-t", VIP + ":443", "-r", RS[2] + ":443", "-g", "-w", "2"],
+    ["--set", "30", "20", "10"],
+    ["--set", "900", "120", "300"],
+    ["-Z"],
+    ["-E", "-t", VIP + ":80", "-s", "wlc"],
+]
+SYSCTLS = [("expire_nodest_conn", 1), ("expire_nodest_conn", 0), ("secure_tcp", 3), ("secure_tcp", 0),
+           ("pmtu_disc", 0), ("pmtu_disc", 1), ("nat_icmp_send", 1), ("conn_reuse_mode", 0),
+           ("conn_reuse_mode", 1), ("run_estimation", 0), ("run_estimation", 1)]
+
+@st.composite
+def interleaved(draw):
+    """One to three conversations in one batch, their packets interleaved in order."""
+    flows = draw(st.lists(conversations(), min_size=1, max_size=3))
+    order = draw(st.permutations([i for i, flow in enumerate(flows) for _ in flow]))
+    positions = [0] * len(flows)
+    moves = []
+    for i in order:
+        moves.append(flows[i][positions[i]])
+        positions[i] += 1
+    return moves
+
+
+steps = st.one_of(
+    st.tuples(st.just("packets"), interleaved()),
+    st.tuples(st.just("packets"), interleaved()),
+    st.tuples(st.just("packets"), interleaved()),
+    st.tuples(st.just("time"), st.sampled_from([0.0, 0.001, 1.0, 2.0, 11.0, 35.0, 70.0, 130.0, 400.0])),
+    st.tuples(st.just("adm"), st.sampled_from(COMMANDS)),
+    st.tuples(st.just("sysctl"), st.sampled_from(SYSCTLS)),
+    st.tuples(st.just("mtu"), st.sampled_from([1500, 1000])),
+)
+
+
+def make_pair(seed):
+    pair = (Engine(seed=seed, director_addr=a2b("203.0.113.1"), fastpath=True),
+            Engine(seed=seed, director_addr=a2b("203.0.113.1"), fastpath=False))
+    for eng in pair:
+        for port, (flag, method, extra) in SERVICES.items():
+            sched = "rr" if port != 443 else "wlc"
+            opts = ["-p", "30"] if port == 8080 else []
+            assert adm.run(eng, ["-A", flag, "%s:%d" % (VIP, port), "-s", sched] + opts)[2] == 0
+            for rs in RS:
+                assert adm.run(eng, ["-a", flag, "%s:%d" % (VIP, port), "-r", "%s:%d" % (rs, port),
+                                     method] + list(extra))[2] == 0
+    return pair
+
+
+def state(eng):
+    stats = [(st.conns, st.inpkts, st.outpkts, st.inbytes, st.outbytes)
+             for st in [eng.tot_stats] + [s.stats for s in eng.services.values()]
+             + [d.stats for s in eng.services.values() for d in s.destinations]]
+    conns = [(cp.seq, cp.state, cp.flags, cp.expires, cp.timeout, cp.in_pkts, cp.daddr)
+             for cp in eng.conn_list()]
+    return (dict(eng.drops), stats, conns, adm.run(eng, ["-Ln", "--stats"])[0],
+            adm.run(eng, ["-Lnc"])[0], eng.icmp_ratelimited)
+
+
+def frames(out):
+    return [(bytes(tx.nexthop), bytes(tx.packet)) for tx in out]
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], deadline=None)
+@given(seed=st.integers(0, 2 ** 32 - 1), script=st.lists(steps, min_size=1, max_size=30))
+def test_fast_path_on_and_off_agree(seed, script):
+    fast, slow = make_pair(seed)
+    now = 1.0
+    for kind, arg in script:
+        if kind == "packets":
+            want, batch = [], []
+            for move in arg:
+                batch.append(segment(slow, move))
+                want.extend(slow.receive(batch[-1], now))
+            got = fast.receive_batch(batch, now)
+            assert frames(got) == frames(want)
+        elif kind == "time":
+            now += arg
+            assert frames(fast.expire(now)) == frames(slow.expire(now))
+        elif kind == "adm":
+            assert adm.run(fast, arg) == adm.run(slow, arg)
+        elif kind == "sysctl":
+            for eng in (fast, slow):
+                eng.config.set(*arg)
+        else:
+            fast.mtu = slow.mtu = arg
+        assert state(fast) == state(slow)
+
+
+def _flow(eng, port, n, now=1.0, size=32):
+    """A connection opened through `eng` and `n` data segments; returns what they sent."""
+    client = CLIENTS[0]
+    eng.receive(ipv4(client, VIP, 6, tcp(client, VIP, 40000, port, 0x02, b"")), now)
+    eng.receive(ipv4(client, VIP, 6, tcp(client, VIP, 40000, port, 0x10, b"")), now)
+    data = ipv4(client, VIP, 6, tcp(client, VIP, 40000, port, 0x18, bytes(size)))
+    return eng.receive_batch([data] * n, now)
+
+
+def test_established_segments_take_the_fast_path_for_every_method():
+    for port in (80, 443, 8080, 8081):
+        fast, slow = make_pair(7)
+        before = fast.fast.hits
+        got = _flow(fast, port, 50)
+        assert fast.fast.hits - before >= 49, port
+        assert frames(got) == frames(_flow(slow, port, 50))
+        assert state(fast) == state(slow)
+
+
+def test_a_table_change_is_seen_by_the_next_packet():
+    fast, slow = make_pair(3)
+    for eng in (fast, slow):
+        _flow(eng, 80, 5)
+    # Deleting the connection's real server makes its packets be dropped
+    # (expire_nodest_conn off): the fast path must not keep forwarding them.
+    cp = fast.conn_list()[0]
+    rs = ".".join(map(str, cp.daddr))
+    for eng in (fast, slow):
+        assert adm.run(eng, ["-d", "-t", VIP + ":80", "-r", rs + ":80"])[2] == 0
+    client = CLIENTS[0]
+    data = ipv4(client, VIP, 6, tcp(client, VIP, 40000, 80, 0x18, b"x"))
+    assert fast.receive_batch([data] * 3, 2.0) == []
+    assert fast.drops["dest_unavailable"] == 3
+    for _ in range(3):
+        assert slow.receive(data, 2.0) == []
+    assert state(fast) == state(slow)
+
+
+def test_random_mixture_stays_equal_over_many_packets():
+    """A longer run than hypothesis gives: 3 000 packets of 40 flows with
+    state changes, replies and odd packets, in batches of 64."""
+    rnd = random.Random(5)
+    fast, slow = make_pair(11)
+    pool = []
+    for i in range(40):
+        client, cport = CLIENTS[i % 2], 41000 + i
+        port = rnd.choice([80, 443, 8080, 8081])
+        pool.append((client, cport, port))
+    now = 1.0
+    batch = []
+    for i in range(3000):
+        client, cport, port = rnd.choice(pool)
+        flags = rnd.choice([0x02, 0x10, 0x18, 0x18, 0x18, 0x18, 0x11, 0x04])
+        batch.append(ipv4(client, VIP, 6, tcp(client, VIP, cport, port, flags, bytes(rnd.randrange(0, 100)))))
+        if len(batch) == 64:
+            want = []
+            for p in batch:
+                want.extend(slow.receive(p, now))
+            assert frames(fast.receive_batch(batch, now)) == frames(want)
+            batch = []
+            now += rnd.choice([0.0, 0.5, 3.0])
+    assert state(fast) == state(slow)
+    assert fast.fast.hits > 1000
+
+
+def _both(pair, packets, now):
+    fast, slow = pair
+    want = []
+    for p in packets:
+        want.extend(slow.receive(p, now))
+    assert frames(fast.receive_batch(packets, now)) == frames(want)
+    assert state(fast) == state(slow)
+
+
+def test_a_connection_reused_mid_batch_is_expired_before_the_next_packet():
+    """conn_reuse_mode: a SYN on a CLOSE connection expires it at once; the
+    next packet of the batch, fast or not, must find it gone."""
+    pair = make_pair(2)
+    a, b = CLIENTS
+    for client in (a, b):
+        _both(pair, [ipv4(client, VIP, 6, tcp(client, VIP, 40000, 443, flags, b""))
+                     for flags in (0x02, 0x10, 0x18)], 1.0)
+    _both(pair, [ipv4(a, VIP, 6, tcp(a, VIP, 40000, 443, 0x04, b""))], 2.0)
+    assert pair[0].conn_list()[0].state == 6  # CLOSE
+    syn = ipv4(a, VIP, 6, tcp(a, VIP, 40000, 443, 0x02, b""))
+    data = ipv4(b, VIP, 6, tcp(b, VIP, 40000, 443, 0x18, b"more"))
+    hits = pair[0].fast.hits
+    _both(pair, [syn, data, data], 3.0)
+    assert pair[0].fast.hits == hits + 2
+
+
+def test_a_nat_udp_checksum_that_comes_out_zero_is_sent_as_ffff():
+    pair = make_pair(4)
+    client = CLIENTS[0]
+    first = ipv4(client, VIP, 17, udp(client, VIP, 40000, 53, b"\0\0"))
+    out = pair[0].receive_batch([first], 1.0)
+    pair[1].receive(first, 1.0)
+    check = struct.unpack_from("!H", out[0].packet, 26)[0]
+    # One's complement: adding the sent checksum to a payload word makes the sum 0xFFFF.
+    word = (~check & 0xFFFF) ^ 0xFFFF
+    packet = ipv4(client, VIP, 17, udp(client, VIP, 40000, 53, struct.pack("!H", word)))
+    hits = pair[0].fast.hits
+    _both(pair, [packet], 1.0)
+    assert pair[0].fast.hits == hits + 1
+    assert pair[1].receive(packet, 1.0)[0].packet[26:28] == b"\xff\xff"
