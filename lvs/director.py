@@ -165,10 +165,12 @@ class Director:
     # ------------------------------------------------------------ packets in
 
     def receive(self, port, frames, now):
-        """Handle a batch of frames from `port`."""
+        """Handle a batch of frames from `port`: the engine gets its packets as one
+        batch (lvs/fastpath.py), the rest is answered here."""
         engine = self.engine
         mine = port.mac
         counters = self.counters
+        batch = []
         for frame in frames:
             if len(frame) < 34:
                 continue
@@ -186,13 +188,15 @@ class Director:
                 continue  # the host's own traffic
             if to_vip and packet[9] == IPPROTO_ICMP and self._echo(packet, now):
                 continue
-            counters["to_engine"] += 1
-            if not to_vip:
-                self.send(engine.receive(packet, now), now)
-                continue
-            unclaimed = engine.drops["no_service"]
-            self.send(engine.receive(packet, now), now)
-            if engine.drops["no_service"] != unclaimed:
+            batch.append(packet)
+        if not batch:
+            return
+        counters["to_engine"] += len(batch)
+        unclaimed = []
+        self.send(engine.receive_batch(batch, now, unclaimed), now)
+        vips = self.vips
+        for packet in unclaimed:
+            if packet[16:20] in vips:
                 self._refuse(packet, now)
 
     def _arp(self, port, frame, now):
