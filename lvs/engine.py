@@ -77,9 +77,14 @@ class Engine(PacketPath, IcmpSender, Tables, Timers):
         self.touched = None                 # the connection the last packet found
         self.resolved = None                # and the direction it was sent in
         self.generation = 0                 # moves with every table change (lvs/tables.py)
-        if fastpath is None:
-            fastpath = enabled_by_default()
-        self.fast = FastPath(self) if fastpath else None
+        self.fast = None
+        self.set_fastpath(enabled_by_default() if fastpath is None else fastpath)
+
+    def set_fastpath(self, on):
+        """Turn the fast path (lvs/fastpath.py) on or off; results never depend on it."""
+        if self.fast is not None:
+            self.fast.clear()
+        self.fast = FastPath(self) if on else None
         self.conntab.fast = self.fast
 
     def receive(self, packet, now):

@@ -146,14 +146,18 @@ class FastPath:
                 p = p[:tot]  # link-layer padding
             kind, cp, acc, _, timeout, nexthop, a, b, c, d, zero, inbound, _ = e
             if kind == NAT:
-                csum_off = 36 if proto == 6 else 26
-                t = (((p[csum_off] << 8) | p[csum_off + 1]) ^ 0xFFFF) + d
+                # a: where the TCP/UDP checksum is; b: the new address and port
+                t = (((p[a] << 8) | p[a + 1]) ^ 0xFFFF) + d
                 s = (((p[10] << 8) | p[11]) ^ 0xFFFF) + c
                 buf = bytearray(p)
                 pack_ttl(buf, 8, p[8] - 1, proto, ((s & 0xFFFF) + (s >> 16)) ^ 0xFFFF)
-                buf[a[0]:a[0] + 4] = b[0]
-                buf[a[1]:a[1] + 2] = b[1]
-                pack_check(buf, csum_off, (((t & 0xFFFF) + (t >> 16)) ^ 0xFFFF) or zero)
+                if inbound:
+                    buf[16:20] = b[0]
+                    buf[22:24] = b[1]
+                else:
+                    buf[12:16] = b[0]
+                    buf[20:22] = b[1]
+                pack_check(buf, a, (((t & 0xFFFF) + (t >> 16)) ^ 0xFFFF) or zero)
                 append(Transmit(nexthop, bytes(buf)))
             elif kind == ROUTE:
                 s = (((p[10] << 8) | p[11]) ^ 0xFFFF) + TTL_DELTA
@@ -241,7 +245,7 @@ class FastPath:
             if method == IP_VS_CONN_F_MASQ:
                 kind, limit = NAT, path
                 old, new = cp.vaddr + cp.vport.to_bytes(2, "big"), cp.daddr + cp.dport.to_bytes(2, "big")
-                a, b = (16, 22), (cp.daddr, new[4:])
+                a, b = (36 if proto == IPPROTO_TCP else 26), (cp.daddr, new[4:])
                 c, d = fold(delta(cp.vaddr, cp.daddr) + TTL_DELTA), delta(old, new)
             elif method == IP_VS_CONN_F_DROUTE:
                 kind, limit = ROUTE, path
@@ -257,7 +261,7 @@ class FastPath:
             if method == IP_VS_CONN_F_MASQ:
                 kind, limit, nexthop = NAT, mtu, cp.caddr
                 old, new = cp.daddr + cp.dport.to_bytes(2, "big"), cp.vaddr + cp.vport.to_bytes(2, "big")
-                a, b = (12, 20), (cp.vaddr, new[4:])
+                a, b = (36 if proto == IPPROTO_TCP else 26), (cp.vaddr, new[4:])
                 c, d = fold(delta(cp.daddr, cp.vaddr) + TTL_DELTA), delta(old, new)
             else:
                 kind, limit, nexthop = ROUTE, mtu, None  # routed on to where it was sent

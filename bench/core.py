@@ -1,0 +1,298 @@
+"""In-process benchmarks of the engine: no I/O, one core, this interpreter.
+
+Each case prints one JSON object per line: {"case", "value", "unit", and,
+where it has one, "baseline" measured in the same run and "ratio"}. Values
+are medians of repeated rounds. Cases:
+
+  established  packets/s of established flows through Engine.receive_batch
+               (batches of 64, flows visited in turn) for NAT, tunnel and DR,
+               at 1 k and 1 M flows, fast path on and off; the baseline is the
+               bare loop: parse, one dict lookup, address rewrite and
+               incremental checksums, nothing else
+  newconn      new connections/s (SYNs, each scheduled) per scheduler at 10,
+               100, 1 000 and 10 000 real servers; ratio: per-decision cost at
+               10 servers over the cost at this size
+  memory       bytes per ESTABLISHED connection (RSS delta / count)
+  expiry       the longest pause of a packet loop while its connections expire
+  replay       `lvs replay` packets/s on a generated capture
+
+Run: python -m bench.core [--quick] [CASE ...]   (see bench/__main__.py)
+"""
+
+import gc
+import json
+import os
+import random
+import statistics
+import struct
+import sys
+import tempfile
+import time
+
+from lvs import adm
+from lvs.checksum import apply, checksum, delta, fold
+from lvs.engine import Engine
+
+VIP = "198.51.100.2"
+VIP_B = bytes([198, 51, 100, 2])
+BATCH = 64
+SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos")
+METHODS = {"nat": "-m", "tunnel": "-i", "dr": "-g"}
+
+
+def emit(case, value, unit, baseline=None, **extra):
+    row = {"case": case, "value": round(value, 1), "unit": unit, "impl": sys.implementation.name}
+    if baseline is not None:
+        row["baseline"] = round(baseline, 1)
+        row["ratio"] = round(value / baseline, 3) if baseline else None
+    row.update(extra)
+    print(json.dumps(row), flush=True)
+
+
+def client_of(i):
+    """A distinct (address, port) for flow i: 203.0.113.0/24 and 192.0.2.0/24 hosts."""
+    host, port = divmod(i, 50000)
+    net = (203, 0, 113) if host < 254 else (192, 0, 2)
+    return bytes(net + (1 + host % 254,)), 10000 + port
+
+
+def ipv4(src, dst, proto, l4):
+    head = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0x4000, 64, proto, 0, src, dst))
+    struct.pack_into("!H", head, 10, checksum(head))
+    return bytes(head) + l4
+
+
+def segment(src, sport, flags, payload=b""):
+    """A TCP segment to the VIP (IPVS does not check TCP checksums: any value does)."""
+    return ipv4(src, VIP_B, 6, struct.pack("!HHIIBBHHH", sport, 80, 1, 1, 0x50, flags, 8192, 0x1234, 0) + payload)
+
+
+def engine_with(method, servers=4, sched="rr", fast=True):
+    engine = Engine(fastpath=fast, director_addr=bytes([198, 51, 100, 3]))
+    adm.run(engine, ["-A", "-t", VIP + ":80", "-s", sched])
+    for k in range(servers):
+        rs = "192.0.2.%d" % (10 + k) if servers <= 200 else "192.0.%d.%d" % (2 + k // 250, 1 + k % 250)
+        adm.run(engine, ["-a", "-t", VIP + ":80", "-r", rs + ":80", METHODS[method]])
+    return engine
+
+
+def open_flows(engine, n, now=1.0):
+    """n flows taken to ESTABLISHED (SYN, then ACK); returns one data segment per flow."""
+    data = []
+    batch = []
+    for i in range(n):
+        src, sport = client_of(i)
+        batch.append(segment(src, sport, 0x02))
+        if len(batch) == BATCH:
+            engine.receive_batch(batch, now)
+            batch = []
+    engine.receive_batch(batch, now)
+    for i in range(n):
+        src, sport = client_of(i)
+        data.append(segment(src, sport, 0x18, b"x" * 32))
+    for i in range(0, n, BATCH):
+        engine.receive_batch(data[i:i + BATCH], now)  # the ACK: SYN_RECV -> ESTABLISHED
+    return data
+
+
+def bare_loop(packets, table):
+    """The baseline: what any forwarder does per packet, and nothing else."""
+    out = []
+    append = out.append
+    get = table.get
+    for p in packets:
+        e = get(p[12:24])
+        if e is None or p[0] != 0x45 or p[8] <= 1:
+            continue
+        addr, port, ip_d, l4_d = e
+        buf = bytearray(p)
+        buf[8] -= 1
+        struct.pack_into("!H", buf, 10, apply((p[10] << 8) | p[11], ip_d))
+        buf[16:20] = addr
+        buf[22:24] = port
+        struct.pack_into("!H", buf, 36, apply((p[36] << 8) | p[37], l4_d))
+        append(bytes(buf))
+    return out
+
+
+def baseline_table(packets):
+    new = bytes([192, 0, 2, 10])
+    ip_d = fold(delta(VIP_B, new) + 0xFEFF)
+    l4_d = delta(VIP_B + b"\x00\x50", new + b"\x1f\x90")
+    return {p[12:24]: (new, b"\x1f\x90", ip_d, l4_d) for p in packets}
+
+
+def timed(fn, rounds):
+    rates = []
+    for _ in range(rounds):
+        count, seconds = fn()
+        rates.append(count / seconds)
+    return statistics.median(rates)
+
+
+def case_established(quick):
+    sizes = (1000, 100000) if quick else (1000, 1000000)
+    rounds = 3 if quick else 5
+    for flows in sizes:
+        per_round = max(flows, 200000 if not quick else 50000)
+        for method in METHODS:
+            engine = engine_with(method)
+            data = open_flows(engine, flows)
+            assert len(engine.conntab) == flows, (len(engine.conntab), dict(engine.drops))
+            order = [data[i % flows] for i in range(per_round)]
+            batches = [order[i:i + BATCH] for i in range(0, per_round, BATCH)]
+            table = baseline_table(data)
+
+            def run_engine():
+                t = time.perf_counter()
+                for b in batches:
+                    engine.receive_batch(b, 2.0)
+                return per_round, time.perf_counter() - t
+
+            def run_bare():
+                t = time.perf_counter()
+                bare_loop(order, table)
+                return per_round, time.perf_counter() - t
+
+            base = timed(run_bare, rounds)
+            for fast in (True, False):
+                engine.set_fastpath(fast)
+                engine.receive_batch(data[:BATCH], 2.0)  # learn again
+                rate = timed(run_engine, rounds)
+                emit("established %s %s flows fast=%s" % (method, _size(flows), "on" if fast else "off"),
+                     rate, "pkt/s", base, flows=flows, method=method, fast=fast)
+            assert not engine.drops, dict(engine.drops)
+            del engine, data, order, batches, table
+            gc.collect()
+
+
+def _size(n):
+    return "%dk" % (n // 1000) if n < 1000000 else "%dM" % (n // 1000000)
+
+
+def case_newconn(quick):
+    sizes = (10, 10000) if quick else (10, 100, 1000, 10000)
+    scheds = ("rr", "wlc", "lc", "sh") if quick else SCHEDULERS
+    budget = 0.5 if quick else 1.5    # seconds per measurement, at most
+    syns = []
+    for i in range(200000):
+        src, sport = client_of(i)
+        syns.append(segment(src, sport, 0x02))
+    for sched in scheds:
+        per_decision = {}
+        for servers in sizes:
+            engine = engine_with("nat", servers, sched)
+            n = 0
+            t0 = time.perf_counter()
+            deadline = t0 + budget
+            while n < len(syns) and time.perf_counter() < deadline:
+                engine.receive_batch(syns[n:n + BATCH], 1.0)
+                n += BATCH
+            seconds = time.perf_counter() - t0
+            assert len(engine.conntab) == n, (sched, servers, len(engine.conntab), dict(engine.drops))
+            rate = n / seconds
+            per_decision[servers] = 1.0 / rate
+            emit("newconn %s %d servers" % (sched, servers), rate, "conn/s",
+                 1.0 / per_decision[sizes[0]], sched=sched, servers=servers, count=n)
+            del engine
+            gc.collect()
+
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def case_memory(quick):
+    n = 100000 if quick else 1000000
+    engine = engine_with("nat")
+    # The packets are built first, so that only the tables count in the delta.
+    syns = [segment(*client_of(i), 0x02) for i in range(n)]
+    acks = [segment(*client_of(i), 0x10) for i in range(n)]
+    gc.collect()
+    before = rss()
+    for i in range(0, n, BATCH):
+        engine.receive_batch(syns[i:i + BATCH], 1.0)
+    for i in range(0, n, BATCH):
+        engine.receive_batch(acks[i:i + BATCH], 1.0)
+    gc.collect()
+    after = rss()
+    assert len(engine.conntab) == n
+    emit("memory per connection %s conns" % _size(n), (after - before) / n, "bytes",
+         conns=n, fast_entries=len(engine.fast) if engine.fast else 0)
+
+
+def case_expiry(quick):
+    """Connections opened at 100 k/s expire 5 minutes later at the same rate;
+    a packet loop goes on (one packet and one expire() per ms) meanwhile."""
+    n = 100000 if quick else 1000000
+    engine = engine_with("nat")
+    adm.run(engine, ["-A", "-u", VIP + ":53", "-s", "rr"])
+    adm.run(engine, ["-a", "-u", VIP + ":53", "-r", "192.0.2.10:53", "-m"])
+    rate = 100000.0
+    batch = []
+    for i in range(n):
+        src, sport = client_of(i)
+        batch.append(ipv4(src, VIP_B, 17, struct.pack("!HHHH", sport, 53, 12, 0) + b"abcd"))
+        if len(batch) == 100:
+            engine.receive_batch(batch, 1.0 + i / rate)
+            batch = []
+    engine.receive_batch(batch, 1.0 + n / rate)
+    live = segment(*client_of(n + 1), 0x02)
+    start = 1.0 + 300.0
+    worst = 0.0
+    step = 0.001
+    t = start - 1.0
+    end = start + n / rate + 1.0
+    while t < end:
+        c = time.perf_counter()
+        engine.receive(live, t)
+        worst = max(worst, time.perf_counter() - c)
+        t += step
+    left = sum(1 for cp in engine.conn_list() if cp.protocol == 17)
+    assert left == 0, left
+    emit("expiry longest pause %s conns" % _size(n), worst * 1000, "ms", conns=n)
+
+
+def case_replay(quick):
+    from lvs.pcap import PcapWriter, ether_frame
+    from lvs.replay import replay
+    n = 100000 if quick else 1000000
+    flows = n // 10
+    with tempfile.TemporaryDirectory() as tmp:
+        cap, rules = os.path.join(tmp, "in.pcap"), os.path.join(tmp, "rules")
+        with open(rules, "w") as f:
+            f.write("-A -t %s:80 -s rr\n" % VIP)
+            for k in range(4):
+                f.write("-a -t %s:80 -r 192.0.2.%d:80 -m\n" % (VIP, 10 + k))
+        mac = bytes(6)
+        rnd = random.Random(1)
+        with PcapWriter(cap) as w:
+            ts = 1.0
+            for i in range(flows):
+                src, sport = client_of(i)
+                w.write(ts, ether_frame(mac, mac, segment(src, sport, 0x02)))
+                for _ in range(9):
+                    ts += rnd.random() * 0.0001
+                    w.write(ts, ether_frame(mac, mac, segment(src, sport, 0x18, b"x" * 32)))
+        out = open(os.devnull, "w")
+        t = time.perf_counter()
+        status = replay(rules, cap, os.path.join(tmp, "out.pcap"), stdout=out)
+        seconds = time.perf_counter() - t
+        assert status == 0
+    emit("replay %s packets" % _size(n), n / seconds, "pkt/s", packets=n)
+
+
+CASES = {"established": case_established, "newconn": case_newconn, "memory": case_memory,
+         "expiry": case_expiry, "replay": case_replay}
+
+
+def main(argv):
+    quick = "--quick" in argv
+    names = [a for a in argv if not a.startswith("--")] or list(CASES)
+    for name in names:
+        CASES[name](quick)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
