@@ -3,6 +3,8 @@
 #   .venv       the machine's CPython
 #   .venv-pypy  Debian's PyPy 3.9 (the faster interpreter on packet paths)
 # Safe to run again: it only adds what is missing. Needs root for apt-get.
+# With --bench, also the baselines `python -m bench` compares against
+# (HAProxy, nginx and wrk from Debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,11 @@ pypy3 -c 'import venv, ensurepip' 2>/dev/null || need+=(pypy3-venv)
 for tool in ip:iproute2 nft:nftables ethtool:ethtool curl:curl tcpdump:tcpdump; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
+if [ "${1:-}" = "--bench" ]; then
+    for tool in haproxy:haproxy nginx:nginx-light wrk:wrk; do
+        command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
+    done
+fi
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

@@ -1,0 +1,28 @@
+"""The benchmarks' baselines do the work they stand for (bench/core.py)."""
+
+import json
+
+from bench import core
+
+
+def test_the_bare_loop_rewrites_as_the_engine_does():
+    """The bare loop's output for established NAT flows is byte for byte what the
+    engine sends: the baseline does the same rewrite, with nothing else."""
+    engine = core.engine_with("nat", servers=1)
+    adm_rs = engine.services[(6, core.VIP_B, 80)].destinations[0]
+    assert adm_rs.addr == bytes([192, 0, 2, 10])
+    data = core.open_flows(engine, 200)
+    want = [tx.packet for tx in engine.receive_batch(data, 2.0)]
+    got = core.bare_loop(data, core.baseline_table(data))
+    assert got == want
+    assert engine.fast.hits >= 200
+
+
+def test_the_established_case_reports_fast_and_general_paths(capsys, monkeypatch):
+    monkeypatch.setattr(core, "METHODS", {"dr": "-g"})
+    monkeypatch.setattr(core, "FLOWS", {True: (100, 300)})
+    monkeypatch.setattr(core, "timed", lambda fn, rounds: fn()[0] / fn()[1])
+    core.case_established(quick=True)
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(r["flows"], r["fast"]) for r in rows] == [(100, True), (100, False), (300, True), (300, False)]
+    assert all(r["value"] > 0 and r["baseline"] > 0 for r in rows)
