@@ -7,6 +7,8 @@ loopback). Each workload runs, in the same run, through:
   direct      the DR server's own address: bridge and kernels only (baseline)
   pylvs-nat   pylvs on AF_PACKET, NAT to rs1
   pylvs-dr    pylvs on AF_PACKET, direct routing to rs2
+  minfwd-nat  bench/minfwd.py: a Python NAT forwarder on the same kind of port
+              that only rewrites addresses (the ceiling for a Python data plane)
   kernel-nft  the director's own kernel: the VIP as a local address and an
               nftables DNAT to rs1 (what kube-proxy's nft mode does)
   haproxy     HAProxy in TCP mode on the VIP, to rs1 (TCP workloads only)
@@ -179,6 +181,35 @@ def measure(topo, mode, kind, addr, seconds, rounds, pid, baseline):
     return rate
 
 
+_GUARD = """table ip pylvsbenchfwd {
+    chain pre {
+        type filter hook prerouting priority raw - 10; policy accept;
+        ip daddr %(vip)s drop
+        ip saddr %(rs1)s th sport { 8000, 9000 } drop
+    }
+}
+"""
+
+
+def minimal_forwarder(topo, workloads, seconds, rounds, direct):
+    """bench/minfwd.py in the director, NAT to rs1; the client knows the VIP's MAC."""
+    rs1 = topo.ip("rs1")
+    topo.run("director", ["nft", "-f", "-"], input=_GUARD % {"vip": VIP, "rs1": rs1}, check=True)
+    topo.run("client", ["ip", "neigh", "replace", VIP, "lladdr", topo.mac("director"), "dev", IFACE,
+                        "nud", "permanent"], check=True)
+    p = topo.popen("director", [sys.executable, "-u", "-m", "bench.minfwd", IFACE, VIP, rs1,
+                                topo.mac("rs1"), "8000", "9000", "--seconds", "900"],
+                   name="minfwd", lifetime=1000)
+    try:
+        topo.wait_for_output(p, "ready")
+        for kind in workloads:
+            measure(topo, "minfwd-nat", kind, VIP, seconds, rounds, p.pid, direct[kind])
+    finally:
+        topo.stop(p)
+        topo.run("client", ["ip", "neigh", "del", VIP, "dev", IFACE])
+        topo.run("director", ["nft", "delete", "table", "ip", "pylvsbenchfwd"])
+
+
 def daemon_pid(topo):
     r = topo.python("director", "from lvs import ctl; print(ctl.request(ctl.socket_path(), {'op': 'ping'})['pid'])")
     return int(r.stdout.strip())
@@ -232,6 +263,7 @@ def main(argv):
         emit(case="live pylvs drops", value=sum(stats["drops"].values()), unit="packets",
              drops=stats["drops"], ring_drops={k: v for k, v in stats["director"].items() if "ring_drops" in k})
         topo.stop_daemon()
+        minimal_forwarder(topo, workloads, seconds, rounds, direct)
         # The director's own kernel holds the VIP now.
         topo.run("director", ["ip", "addr", "add", VIP + "/32", "dev", IFACE], check=True)
         topo.run("director", ["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
