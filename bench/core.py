@@ -70,9 +70,12 @@ def segment(src, sport, flags, payload=b""):
 def engine_with(method, servers=4, sched="rr", fast=True):
     engine = Engine(fastpath=fast, director_addr=bytes([198, 51, 100, 3]))
     adm.run(engine, ["-A", "-t", VIP + ":80", "-s", sched])
+    # ovf sends a server no more connections than its weight: make room for the run.
+    weight = ["-w", "1000000"] if sched == "ovf" else []
     for k in range(servers):
         rs = "192.0.2.%d" % (10 + k) if servers <= 200 else "192.0.%d.%d" % (2 + k // 250, 1 + k % 250)
-        adm.run(engine, ["-a", "-t", VIP + ":80", "-r", rs + ":80", METHODS[method]])
+        status = adm.run(engine, ["-a", "-t", VIP + ":80", "-r", rs + ":80", METHODS[method]] + weight)[2]
+        assert status == 0, rs
     return engine
 
 
