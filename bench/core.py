@@ -169,7 +169,7 @@ def case_established(quick):
                 emit("established %s %s flows fast=%s" % (method, _size(flows), "on" if fast else "off"),
                      rate, "pkt/s", base, flows=flows, method=method, fast=fast)
             assert not engine.drops, dict(engine.drops)
-            del engine, data, order, batches, table
+            engine = data = order = batches = table = None  # free the tables before the next
             gc.collect()
 
 
