@@ -162,25 +162,21 @@ def main(argv=None):
     rows = []
     started = time.time()
     flag = ["--quick"] if args.quick else []
-    for impl, python in found:
-        print("== %s: in-process (bench/core.py)" % impl, flush=True)
-        got, skip, error = run_part(python, "bench.core", flag, timeout=3600)
-        rows += got
-        skipped += skip
-        if error:
-            skipped.append({"part": "core", "impl": impl, "skipped": error})
+    parts = [("core", "in-process (bench/core.py)")]
     if args.no_live:
         skipped.append({"part": "live", "impl": "all", "skipped": "--no-live"})
     elif os.geteuid() != 0:
         skipped.append({"part": "live", "impl": "all", "skipped": "needs root (network namespaces)"})
     else:
+        parts.append(("live", "live, in namespaces (bench/live.py)"))
+    for part, what in parts:
         for impl, python in found:
-            print("== %s: live, in namespaces (bench/live.py)" % impl, flush=True)
-            got, skip, error = run_part(python, "bench.live", flag, timeout=3600)
+            print("== %s: %s" % (impl, what), flush=True)
+            got, skip, error = run_part(python, "bench." + part, flag, timeout=3600)
             rows += got
             skipped += skip
             if error:
-                skipped.append({"part": "live", "impl": impl, "skipped": error})
+                skipped.append({"part": part, "impl": impl, "skipped": error})
     impls = [impl for impl, _ in found]
     print()
     print("pylvs benchmarks, %s, %d cores, %s run, %.0f s" % (

@@ -17,10 +17,9 @@ import sys
 import time
 
 from lvs.checksum import apply, delta, fold
+from lvs.fastpath import TTL_DELTA
 from lvs.loop import Loop
 from lvs.ports import RawPort
-
-TTL_DELTA = 0xFEFF
 
 
 def main(argv):

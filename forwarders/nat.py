@@ -16,8 +16,8 @@ from forwarders._common import decrement_ttl, forward_ok, mtu_ok
 _TCP, _UDP = 6, 17
 
 
-def _deltas(cp):
-    """(IP header delta, L4 delta) for client->server; the reply uses their inverse."""
+def conn_deltas(cp):
+    """(IP header delta, L4 delta) for client->server, then the same for the reply."""
     if cp.deltas is None:
         old = cp.vaddr + cp.vport.to_bytes(2, "big")
         new = cp.daddr + cp.dport.to_bytes(2, "big")
@@ -53,7 +53,7 @@ def xmit(engine, cp, buf, ihl):
         return None
     if not decrement_ttl(engine, buf) or not mtu_ok(engine, buf, engine.mtu, False):
         return None
-    ip_d, l4_d, _, _ = _deltas(cp)
+    ip_d, l4_d, _, _ = conn_deltas(cp)
     _rewrite(buf, ihl, 16, 2, cp.daddr, cp.dport, ip_d, l4_d)
     return engine.output(cp.daddr, bytes(buf), engine.path_mtu(cp.dest))
 
@@ -65,7 +65,7 @@ def reply(engine, cp, buf, ihl):
         return None
     if not forward_ok(engine, buf, engine.director_addr or cp.vaddr):
         return None
-    _, _, ip_d, l4_d = _deltas(cp)
+    _, _, ip_d, l4_d = conn_deltas(cp)
     _rewrite(buf, ihl, 12, 0, cp.vaddr, cp.vport, ip_d, l4_d)
     return engine.output(cp.caddr, bytes(buf), engine.mtu)
 

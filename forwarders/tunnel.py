@@ -24,6 +24,8 @@ IPPROTO_IPIP, IPPROTO_UDP, IPPROTO_GRE = 4, 17, 47
 LOCAL_PORT_MIN, LOCAL_PORT_MAX = 32768, 60999  # ip_local_port_range defaults
 GRE_CSUM = 0x8000
 ETH_P_IP = 0x0800
+GUE_HEADER = b"\x00\x04\x00\x00"   # GUE v0, hlen 0, carries IPIP
+GRE_HEADER = b"\x00\x00\x08\x00"   # no flags, IPv4
 
 
 def ecn_encapsulate(tos):
@@ -47,7 +49,7 @@ def _encap(engine, dest, buf, saddr, daddr):
     """The bytes between the outer IP header and the inner packet, and the outer protocol."""
     tun_type = dest.tun_type if dest is not None else 0
     if tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GUE:
-        payload = b"\x00\x04\x00\x00" + bytes(buf)  # GUE v0, hlen 0, carries IPIP
+        payload = GUE_HEADER + bytes(buf)
         udp = bytearray(struct.pack("!HHHH", gue_source_port(engine, buf), dest.tun_port,
                                     8 + len(payload), 0)) + payload
         if dest.tun_flags & (IP_VS_TUNNEL_ENCAP_FLAG_CSUM | IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM):
@@ -58,7 +60,7 @@ def _encap(engine, dest, buf, saddr, daddr):
             gre = bytearray(struct.pack("!HHHH", GRE_CSUM, ETH_P_IP, 0, 0)) + buf
             struct.pack_into("!H", gre, 4, checksum(gre))
             return bytes(gre), IPPROTO_GRE
-        return struct.pack("!HH", 0, ETH_P_IP) + bytes(buf), IPPROTO_GRE
+        return GRE_HEADER + bytes(buf), IPPROTO_GRE
     return bytes(buf), IPPROTO_IPIP
 
 

@@ -101,10 +101,17 @@ class Engine(PacketPath, IcmpSender, Tables, Timers):
             return self.fast.run(packets, now, unclaimed)
         out = []
         for packet in packets:
-            before = self.drops["no_service"]
-            out.extend(self.receive_packet(packet, now))
-            if unclaimed is not None and self.drops["no_service"] != before:
-                unclaimed.append(packet)
+            out.extend(self.receive_general(packet, now, unclaimed))
+        return out
+
+    def receive_general(self, packet, now, unclaimed=None):
+        """receive_packet, noting in `unclaimed` a packet no service claimed."""
+        if unclaimed is None:
+            return self.receive_packet(packet, now)
+        before = self.drops["no_service"]
+        out = self.receive_packet(packet, now)
+        if self.drops["no_service"] != before:
+            unclaimed.append(packet)
         return out
 
     def _advance(self, now):

@@ -36,14 +36,14 @@ import os
 import struct
 
 from . import proto_tcp
-from .checksum import delta, fold
+from .checksum import fold
 from .flags import (IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_MASQ,
                     IP_VS_CONN_F_NOOUTPUT, IP_VS_CONN_F_ONE_PACKET, IP_VS_CONN_F_TEMPLATE,
                     IP_VS_CONN_F_TUNNEL, IP_VS_CONN_F_TUNNEL_TYPE_GRE, IP_VS_CONN_F_TUNNEL_TYPE_GUE,
                     IP_VS_DEST_F_AVAILABLE, IP_VS_TUNNEL_ENCAP_FLAG_CSUM,
                     IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM, IPPROTO_TCP, IPPROTO_UDP)
 from .verdicts import Transmit
-from forwarders import tunnel
+from forwarders import nat, tunnel
 
 NAT, ROUTE, TUN = 0, 1, 2
 TTL_DELTA = 0xFEFF            # the checksum update of a TTL decrement
@@ -54,8 +54,6 @@ _TTL_PROTO_CHECK = struct.Struct("!BBH")
 _CHECK = struct.Struct("!H")
 _OUTER = struct.Struct("!BBHHBBBBH4s4s")
 _GUE = struct.Struct("!HHHH")
-GUE_HEADER = b"\x00\x04\x00\x00"   # GUE v0, no options, carrying IPIP
-GRE_HEADER = b"\x00\x00\x08\x00"   # no flags, IPv4
 
 
 def enabled_by_default():
@@ -87,7 +85,7 @@ class FastPath:
     def run(self, packets, now, unclaimed=None):
         """Handle packets that arrived at `now`, in order; return what to send, in order."""
         engine = self.engine
-        if self._seen != (engine.generation, engine.config.generation, engine.mtu, engine.director_addr):
+        if self._seen != self._state():
             self.clear()
         out = engine.expire(now)
         tcp_get = self.tables[IPPROTO_TCP].get
@@ -106,8 +104,7 @@ class FastPath:
                 due = engine.expire(now)
                 if due:
                     out.extend(due)
-                if self._seen != (engine.generation, engine.config.generation, engine.mtu,
-                                  engine.director_addr):
+                if self._seen != self._state():
                     self.clear()
             if p.__class__ is not bytes:
                 p = bytes(p)  # keys must hash; the general path copies anyway
@@ -132,13 +129,7 @@ class FastPath:
             if e is None:
                 if pending:
                     self.fold()
-                if unclaimed is None:
-                    out.extend(engine.receive_packet(p, now))
-                else:
-                    before = engine.drops["no_service"]
-                    out.extend(engine.receive_packet(p, now))
-                    if engine.drops["no_service"] != before:
-                        unclaimed.append(p)
+                out.extend(engine.receive_general(p, now, unclaimed))
                 self.learn(p)
                 dirty = True
                 continue
@@ -187,7 +178,7 @@ class FastPath:
         inner = bytearray(p)
         _TTL_PROTO_CHECK.pack_into(inner, 8, ttl, p[9], ((s & 0xFFFF) + (s >> 16)) ^ 0xFFFF)
         if gue is not None:
-            prefix = _GUE.pack(gue[0], gue[1], 8 + 4 + tot, 0) + GUE_HEADER
+            prefix = _GUE.pack(gue[0], gue[1], 8 + 4 + tot, 0) + tunnel.GUE_HEADER
         length = 20 + len(prefix) + tot
         df = p[6] & 0x40 if df_copy else 0
         ident = 0 if df else self.engine.ip_ident(saddr, daddr, proto)
@@ -209,7 +200,7 @@ class FastPath:
             return
         snapshot = (cp.state, cp.flags, cp.timeout)
         if cp.fast is not None:
-            self._forget_stale(cp, snapshot)
+            self.forget(cp, snapshot)
         direction = engine.resolved
         if direction is None or engine._reasm is not None or engine.short or p[0] != 0x45:
             return
@@ -239,14 +230,14 @@ class FastPath:
         path = min(mtu, dest.pmtu) if dest.pmtu else mtu
         method = flags & IP_VS_CONN_F_FWD_MASK
         zero = 0xFFFF if proto == IPPROTO_UDP else 0  # a computed UDP checksum 0 is sent as 0xFFFF
+        csum_off = 36 if proto == IPPROTO_TCP else 26
         a = b = c = d = None
         if inbound:
             nexthop = cp.daddr
             if method == IP_VS_CONN_F_MASQ:
                 kind, limit = NAT, path
-                old, new = cp.vaddr + cp.vport.to_bytes(2, "big"), cp.daddr + cp.dport.to_bytes(2, "big")
-                a, b = (36 if proto == IPPROTO_TCP else 26), (cp.daddr, new[4:])
-                c, d = fold(delta(cp.vaddr, cp.daddr) + TTL_DELTA), delta(old, new)
+                ip_d, d, _, _ = nat.conn_deltas(cp)
+                a, b, c = csum_off, (cp.daddr, cp.dport.to_bytes(2, "big")), fold(ip_d + TTL_DELTA)
             elif method == IP_VS_CONN_F_DROUTE:
                 kind, limit = ROUTE, path
             elif method == IP_VS_CONN_F_TUNNEL:
@@ -260,9 +251,8 @@ class FastPath:
         else:
             if method == IP_VS_CONN_F_MASQ:
                 kind, limit, nexthop = NAT, mtu, cp.caddr
-                old, new = cp.daddr + cp.dport.to_bytes(2, "big"), cp.vaddr + cp.vport.to_bytes(2, "big")
-                a, b = (36 if proto == IPPROTO_TCP else 26), (cp.vaddr, new[4:])
-                c, d = fold(delta(cp.daddr, cp.vaddr) + TTL_DELTA), delta(old, new)
+                _, _, ip_d, d = nat.conn_deltas(cp)
+                a, b, c = csum_off, (cp.vaddr, cp.vport.to_bytes(2, "big")), fold(ip_d + TTL_DELTA)
             else:
                 kind, limit, nexthop = ROUTE, mtu, None  # routed on to where it was sent
         entry = (kind, cp, self._acc(dest, inbound), limit, timeout, nexthop, a, b, c, d, zero, inbound,
@@ -274,7 +264,7 @@ class FastPath:
             cp.fast = [key]
         elif key not in keys:
             keys.append(key)
-        self._seen = (engine.generation, engine.config.generation, engine.mtu, engine.director_addr)
+        self._seen = self._state()
 
     def _tunnel(self, cp, dest, p, path):
         """(limit, outer, prefix, checksum base, GUE ports) for a tunnel connection."""
@@ -288,7 +278,7 @@ class FastPath:
         elif tun_type == IP_VS_CONN_F_TUNNEL_TYPE_GRE:
             if dest.tun_flags & IP_VS_TUNNEL_ENCAP_FLAG_CSUM:
                 return None
-            proto, prefix, gue = tunnel.IPPROTO_GRE, GRE_HEADER, None
+            proto, prefix, gue = tunnel.IPPROTO_GRE, tunnel.GRE_HEADER, None
         else:
             proto, prefix, gue = tunnel.IPPROTO_IPIP, b"", None
         saddr = engine.director_addr or cp.vaddr
@@ -320,18 +310,10 @@ class FastPath:
                     st.outbytes += octets
         self.pending.clear()
 
-    def forget(self, cp):
-        """cp leaves the lookup tables: its entries go."""
-        tab = self.tables.get(cp.protocol)
-        for key in cp.fast:
-            e = tab.get(key)
-            if e is not None and e[1] is cp:
-                del tab[key]
-        cp.fast = None
-
-    def _forget_stale(self, cp, snapshot):
-        """The general path handled a packet of cp: entries prepared for another
-        state, flags or timeout go (the other direction's too)."""
+    def forget(self, cp, snapshot=None):
+        """cp's entries go: all of them when it leaves the lookup tables; after the
+        general path handled one of its packets, those prepared for another state,
+        flags or timeout than `snapshot` (the other direction's too)."""
         tab = self.tables.get(cp.protocol)
         keep = []
         for key in cp.fast:
@@ -359,8 +341,12 @@ class FastPath:
                 e[1].fast = None
             tab.clear()
         self.accs.clear()
+        self._seen = self._state()
+
+    def _state(self):
+        """What every entry was prepared under: the tables, the sysctls, the MTU, our address."""
         engine = self.engine
-        self._seen = (engine.generation, engine.config.generation, engine.mtu, engine.director_addr)
+        return engine.generation, engine.config.generation, engine.mtu, engine.director_addr
 
     def __len__(self):
         return sum(len(tab) for tab in self.tables.values())
