@@ -73,8 +73,9 @@ def engine_with(method, servers=4, sched="rr", fast=True):
     # ovf sends a server no more connections than its weight: make room for the run.
     weight = ["-w", "1000000"] if sched == "ovf" else []
     for k in range(servers):
-        rs = "192.0.2.%d" % (10 + k) if servers <= 200 else "192.0.%d.%d" % (2 + k // 250, 1 + k % 250)
-        status = adm.run(engine, ["-a", "-t", VIP + ":80", "-r", rs + ":80", METHODS[method]] + weight)[2]
+        # Documentation addresses only: past 200 servers, more ports per address.
+        rs = "192.0.2.%d:%d" % (10 + k % 200, 80 + k // 200)
+        status = adm.run(engine, ["-a", "-t", VIP + ":80", "-r", rs, METHODS[method]] + weight)[2]
         assert status == 0, rs
     return engine
 

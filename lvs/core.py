@@ -235,12 +235,10 @@ class PacketPath:
             if dest is not None:
                 active = proto_tcp.ACTIVE[new_state]
                 if not cp.flags & IP_VS_CONN_F_INACTIVE and not active:
-                    dest.activeconns -= 1
-                    dest.inactconns += 1
+                    dest.to_inactive()
                     cp.flags |= IP_VS_CONN_F_INACTIVE
                 elif cp.flags & IP_VS_CONN_F_INACTIVE and active:
-                    dest.activeconns += 1
-                    dest.inactconns -= 1
+                    dest.to_active()
                     cp.flags &= ~IP_VS_CONN_F_INACTIVE
             if new_state == proto_tcp.ESTABLISHED:
                 self._assure_ct(cp)

@@ -19,7 +19,7 @@ class Dest:
         "svc", "addr", "port", "weight", "last_weight", "u_threshold",
         "l_threshold", "conn_flags", "flags", "activeconns", "inactconns",
         "persistconns", "refcnt", "stats", "tun_type", "tun_port", "tun_flags",
-        "idle_start", "pmtu", "pmtu_expires",
+        "idle_start", "pmtu", "pmtu_expires", "watch",
     )
 
     def __init__(self, svc, addr, port):
@@ -43,6 +43,9 @@ class Dest:
         self.idle_start = 0.0
         self.pmtu = 0             # path MTU learned from frag-needed (tunnels), 0: none
         self.pmtu_expires = 0.0
+        # Called with the dest after its counts, weight or flags change: the
+        # scheduler's index (schedulers/_index.py) keeps its tree in step.
+        self.watch = None
 
     @property
     def fwd(self):
@@ -80,6 +83,8 @@ class Dest:
             self.flags &= ~IP_VS_DEST_F_OVERLOAD
         self.u_threshold = u_threshold
         self.l_threshold = l_threshold
+        if self.watch is not None:
+            self.watch(self)
 
     # Binding a connection or template (ip_vs_bind_dest / ip_vs_unbind_dest).
     def bind(self, template, inactive):
@@ -92,6 +97,8 @@ class Dest:
             self.activeconns += 1
         if self.u_threshold and self.activeconns + self.inactconns >= self.u_threshold:
             self.flags |= IP_VS_DEST_F_OVERLOAD
+        if self.watch is not None:
+            self.watch(self)
 
     def unbind(self, template, inactive):
         self.refcnt -= 1
@@ -111,6 +118,21 @@ class Dest:
                 self.flags &= ~IP_VS_DEST_F_OVERLOAD
         else:
             self.flags &= ~IP_VS_DEST_F_OVERLOAD
+        if self.watch is not None:
+            self.watch(self)
+
+    def to_inactive(self):
+        """A connection bound here left the active states (ip_vs_set_state)."""
+        self.activeconns -= 1
+        self.inactconns += 1
+        if self.watch is not None:
+            self.watch(self)
+
+    def to_active(self):
+        self.activeconns += 1
+        self.inactconns -= 1
+        if self.watch is not None:
+            self.watch(self)
 
 
 class Service:

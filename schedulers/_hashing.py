@@ -57,6 +57,15 @@ def wlc_pick(svc):
     return least
 
 
+def is_overloaded(dest, svc):
+    """lblc/lblcr is_overloaded: busier than its weight while another is half idle."""
+    if dest.activeconns > dest.weight:
+        for d in svc.destinations:
+            if d.activeconns * 2 < d.weight:
+                return True
+    return False
+
+
 # The lblc/lblcr garbage collector (ip_vs_lblc_check_expire and
 # ip_vs_lblcr_check_expire are the same code over different entries).
 CHECK_EXPIRE_INTERVAL = 60.0    # seconds between timer runs

@@ -18,18 +18,10 @@ from lvs.flags import IP_VS_DEST_F_AVAILABLE
 from lvs.registry import register_scheduler
 
 from ._base import Scheduler
-from ._hashing import LocalityScheduler, wlc_pick
+from ._hashing import LocalityScheduler
+from ._index import LocalityIndexed
 
 IP_VS_LBLC_TAB_BITS = 10
-
-
-def is_overloaded(dest, svc):
-    """lblc/lblcr is_overloaded: busier than its weight while another is half idle."""
-    if dest.activeconns > dest.weight:
-        for d in svc.destinations:
-            if d.activeconns * 2 < d.weight:
-                return True
-    return False
 
 
 class _Entry:
@@ -41,7 +33,7 @@ class _Entry:
 
 
 @register_scheduler
-class LocalityLeastConnection(LocalityScheduler, Scheduler):
+class LocalityLeastConnection(LocalityIndexed, LocalityScheduler, Scheduler):
     name = "lblc"
     TAB_BITS = IP_VS_LBLC_TAB_BITS
     EXPIRATION_SYSCTL = "lblc_expiration"
@@ -57,9 +49,9 @@ class LocalityLeastConnection(LocalityScheduler, Scheduler):
             en.lastuse = now
             dest = en.dest
             if (dest.flags & IP_VS_DEST_F_AVAILABLE and dest.weight > 0
-                    and not is_overloaded(dest, svc)):
+                    and not self.overloaded(dest, svc)):
                 return dest
-        dest = wlc_pick(svc)
+        dest = self.wlc_choice(svc)
         if dest is None:
             return None
         if not self.dead and (en is None or en.dest is not dest):

@@ -15,8 +15,8 @@ from lvs.flags import IP_VS_DEST_F_AVAILABLE, IP_VS_DEST_F_OVERLOAD
 from lvs.registry import register_scheduler
 
 from ._base import Scheduler
-from ._hashing import LocalityScheduler, wlc_pick
-from .lblc import is_overloaded
+from ._hashing import LocalityScheduler
+from ._index import LocalityIndexed
 
 IP_VS_LBLCR_TAB_BITS = 10
 
@@ -71,7 +71,7 @@ def set_max(dests):
 
 
 @register_scheduler
-class LocalityLeastConnectionReplicated(LocalityScheduler, Scheduler):
+class LocalityLeastConnectionReplicated(LocalityIndexed, LocalityScheduler, Scheduler):
     name = "lblcr"
     TAB_BITS = IP_VS_LBLCR_TAB_BITS
     EXPIRATION_SYSCTL = "lblcr_expiration"
@@ -84,7 +84,7 @@ class LocalityLeastConnectionReplicated(LocalityScheduler, Scheduler):
         self.tick(now)
         en = self.entries.get(pkt.daddr)
         if en is None:
-            dest = wlc_pick(svc)
+            dest = self.wlc_choice(svc)
             if dest is not None and not self.dead:
                 self.entries[pkt.daddr] = _Entry(dest, now)
             return dest
@@ -96,9 +96,9 @@ class LocalityLeastConnectionReplicated(LocalityScheduler, Scheduler):
             if m is not None:
                 en.dests.remove(m)
                 en.lastmod = now
-        if dest is not None and not is_overloaded(dest, svc):
+        if dest is not None and not self.overloaded(dest, svc):
             return dest
-        dest = wlc_pick(svc)
+        dest = self.wlc_choice(svc)
         if dest is None:
             return None
         if not self.dead and dest not in en.dests:

@@ -19,6 +19,8 @@ All int arithmetic wraps at 32 bits as in the kernel (built with
 -fno-strict-overflow): the weight sum, the rweight walk and the two
 products, which do overflow for large weights times thousands of
 connections.
+Large services find both choices by descending a tree of weight sums
+(_index.py) instead of walking; when the sum would wrap, the walk is kept.
 
 Deterministic instead of random: the kernel draws its words from
 get_random_u32() (the CRNG). Here each scheduler instance owns a Draws
@@ -32,6 +34,7 @@ may replace `scheduler.draws` by any object with a u32() method.
 from lvs.flags import IP_VS_DEST_F_OVERLOAD
 from lvs.registry import register_scheduler
 
+from . import _index
 from ._base import Scheduler
 from ._hashing import addr_u32, kernel_order, siphash_1u64
 
@@ -87,9 +90,27 @@ def _overhead(dest):
     return _s32((dest.activeconns << 8) + dest.inactconns)
 
 
+def _weight_leaf(dest):
+    return dest.weight if not dest.flags & IP_VS_DEST_F_OVERLOAD and dest.weight > 0 else 0
+
+
+def _descend(nodes, size, rweight):
+    """The first usable dest whose running weight sum reaches rweight (>= 1)."""
+    i = 1
+    while i < size:
+        i <<= 1
+        if nodes[i] < rweight:
+            rweight -= nodes[i]
+            i += 1
+    return i - size
+
+
 @register_scheduler
-class WeightedTwoChoices(Scheduler):
+class WeightedTwoChoices(_index.Indexed, Scheduler):
     name = "twos"
+
+    def make_index(self):
+        return _index.DestIndex(_index.Tree(_weight_leaf, _index.add, 0))
 
     def __init__(self, svc, config=None):
         super().__init__(svc, config)
@@ -97,6 +118,26 @@ class WeightedTwoChoices(Scheduler):
         self.draws = Draws.for_service(svc, seed if isinstance(seed, int) else 0)
 
     def schedule(self, svc, pkt, now):
+        if len(svc.destinations) > _index.SCAN_LIMIT:
+            index = self.sched_index()
+            nodes = index.tree(svc)
+            total = nodes[1]
+            if 0 < total < 0x7FFFFFFF:   # no s32 wrap: the tree's sums are the walk's
+                return self._indexed(svc, index, nodes, total)
+        return self._walk(svc)
+
+    def _indexed(self, svc, index, nodes, total):
+        rweight1 = get_random_u32_below(total + 1, self.draws)
+        rweight2 = get_random_u32_below(total + 1, self.draws)
+        # rweight 0 and 1 both stop at the first usable dest (its weight >= 1).
+        dests = svc.destinations
+        choice1 = dests[_descend(nodes, index.size, max(rweight1, 1))]
+        choice2 = dests[_descend(nodes, index.size, max(rweight2, 1))]
+        if _s32(choice2.weight * _overhead(choice1)) > _s32(choice1.weight * _overhead(choice2)):
+            return choice2
+        return choice1
+
+    def _walk(self, svc):
         choice1 = choice2 = None
         weight1 = weight2 = -1
         overhead1 = overhead2 = 0
