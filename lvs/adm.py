@@ -271,6 +271,29 @@ def _ipv6_refusal(engine, pa, io):
     return 255
 
 
+def command_kind(argv, prog=PROG):
+    """What a command line does to the tables, for a daemon with workers
+    (lvs/fanout.py): "change" (every process carries it out), "connections" or
+    "services" (listings that add up every process), "local" (the rest: help,
+    save, timeouts, refused lines; the daemon alone answers)."""
+    if not argv:
+        return "services"
+    try:
+        pa = rules.parse_cli(list(argv), prog, allow_ipv6=True)
+    except ConfigError:
+        return "local"
+    cmd = pa.cmd_name
+    if cmd == "list":
+        if pa.has(OPTC_CONNECTION):
+            return "connections"
+        if pa.has(OPTC_TIMEOUT) or pa.has(OPTC_DAEMON):
+            return "local"
+        return "services"
+    if cmd in (rules.HELP, rules.VERSION, "save"):
+        return "local"
+    return "change"
+
+
 # ---------------------------------------------------------------- listings
 
 def _list(engine, pa, io):

@@ -30,7 +30,7 @@ def _daemon(args):
             return stop(path)
         return start(path, args.rules, args.feed, detach=args.detach, clock=args.clock,
                      ifaces=ifaces, state_path=args.state_file, log_path=args.log,
-                     ring=not args.no_ring)
+                     ring=not args.no_ring, workers=args.workers)
     except DaemonError as e:
         sys.stderr.write("lvs daemon: %s\n" % e)
         return 1
@@ -80,6 +80,9 @@ def build_parser():
     dp.add_argument("--log", metavar="FILE", help="append the daemon's log here (with --detach: instead of nowhere)")
     dp.add_argument("--no-ring", action="store_true",
                     help="receive with recvfrom() instead of a PACKET_MMAP ring")
+    dp.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="with --iface: N processes share the interfaces (PACKET_FANOUT by client "
+                         "address); listings add them up (default 1)")
     dp.add_argument("--cleanup", action="store_true",
                     help="undo the host changes of a daemon that was killed (from its state file)")
     dp.set_defaults(func=_daemon)

@@ -47,6 +47,10 @@ class Daemon:
         self.director = None     # the live data plane, when attached to interfaces
         self.changes = None      # its host changes (lvs/hostconf.py)
         self.loop = None
+        self.worker_count = 1    # --workers: processes sharing the interfaces (lvs/fanout.py)
+        self.workers = None      # the daemon's fanout.Workers, once forked
+        self.worker_index = 0    # 0: the daemon itself
+        self._extra_reader = None  # a worker's channel to the daemon
 
     # ---------------------------------------------------------------- clock
 
@@ -138,10 +142,19 @@ class Daemon:
         if message.get("pylvs") != ctl.PROTOCOL:
             return {"error": "unsupported protocol version %r" % message.get("pylvs")}
         if op == "ping":
-            return {"pid": os.getpid(), "version": __version__, "socket": self.path}
+            return {"pid": os.getpid(), "version": __version__, "socket": self.path,
+                    "workers": [os.getpid()] + [pid for pid, _ in self.workers.procs]
+                    if self.workers else [os.getpid()]}
         if op == "stats":
-            return {"drops": dict(self.engine.drops),
-                    "director": self.director.stats() if self.director is not None else None}
+            answer = {"drops": dict(self.engine.drops),
+                      "director": self.director.stats() if self.director is not None else None}
+            if self.workers:
+                answer = _sum_stats([answer] + self.workers.ask(message))
+            return answer
+        if op == "tally":
+            from .fanout import tally
+            self.tick()
+            return {"tally": tally(self.engine)}
         if op == "stop":
             self.stopping = True
             return {"stopping": True}
@@ -151,6 +164,8 @@ class Daemon:
             argv = message.get("argv")
             if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
                 return {"error": "argv must be a list of strings"}
+            if self.workers:
+                return self._adm_everywhere(message, argv)
             out, err, status = adm.run(self.engine, argv, message.get("stdin"),
                                        prog=message.get("prog") or "ipvsadm")
             self._follow()
@@ -166,9 +181,13 @@ class Daemon:
             if status == 0:
                 adm.run(self.engine, ["-C"], None, prog=prog)
                 out, err, status = adm.run(self.engine, ["-R"], text, prog=prog)
+                if self.workers:
+                    self.workers.ask(message)
                 self._follow()
             return {"stdout": out, "stderr": err, "status": status}
         if op == "feed":
+            if self.workers:
+                return {"status": 1, "error": "feed: not with --workers (captures go to one process)"}
             path = message.get("path")
             if not isinstance(path, str):
                 return {"error": "feed needs a path"}
@@ -177,6 +196,33 @@ class Daemon:
             except (OSError, CaptureError) as e:
                 return {"status": 1, "error": str(e)}
         return {"error": "unknown op %r" % op}
+
+    def _adm_everywhere(self, message, argv):
+        """A command for a daemon with workers (lvs/fanout.py): changes run in
+        every process, listings add every process up."""
+        from . import adm
+        from .fanout import add_tally, merge_connection_listings
+        prog = message.get("prog") or "ipvsadm"
+        kind = adm.command_kind(argv, prog)
+        if kind == "connections":
+            out, err, status = adm.run(self.engine, argv, None, prog=prog)
+            texts = [out] + [(a or {}).get("stdout", "") for a in self.workers.ask(message)]
+            return {"stdout": merge_connection_listings(texts), "stderr": err, "status": status}
+        if kind == "services":
+            view = adm._scratch_copy(self.engine)
+            for answer in self.workers.ask({"pylvs": ctl.PROTOCOL, "op": "tally"}):
+                if answer is not None:
+                    add_tally(view, answer["tally"])
+            out, err, status = adm.run(view, argv, None, prog=prog)
+            return {"stdout": out, "stderr": err, "status": status}
+        out, err, status = adm.run(self.engine, argv, message.get("stdin"), prog=prog)
+        if kind == "change":
+            for answer in self.workers.ask(message):
+                if answer is None or answer.get("status") != status:
+                    self.log("lvs daemon: a worker answered %r to %r (the daemon: %d)"
+                             % (answer, argv, status))
+            self._follow()
+        return {"stdout": out, "stderr": err, "status": status}
 
     def serve_one(self, conn):
         try:
@@ -200,19 +246,54 @@ class Daemon:
         """Answer requests, and move packets if a director is attached, until
         stopped by a request, SIGTERM or SIGINT. The host changes the director
         made are undone on the way out, whatever the reason."""
+        if self.worker_count > 1 and self.director is not None and self.worker_index == 0 \
+                and self.workers is None:
+            from .fanout import Workers
+            self.workers = Workers()
+            try:
+                self.workers.spawn(self.worker_count, self._run_worker)
+            except BaseException:
+                self.workers.stop()
+                self.close()
+                raise
+            self.log("lvs daemon: %d workers share the interfaces (pids %s)"
+                     % (self.worker_count, " ".join(str(p) for p in
+                                                    [os.getpid()] + [p for p, _ in self.workers.procs])))
         loop = self.loop = Loop(self.now)
-        loop.add_reader(self.listener, self._accept)
+        if self.listener is not None:
+            loop.add_reader(self.listener, self._accept)
         director = self.director
         if director is not None:
             for port in director.ports:
                 loop.add_reader(port, self._port_reader(port))
             loop.add_timer(director.next_deadline, director.timers)
         loop.add_timer(self.engine.next_deadline, self._expire)
+        if self._extra_reader is not None:
+            loop.add_reader(*self._extra_reader)
         try:
             loop.run()
         finally:
             loop.close()
             self.close()
+
+    def _run_worker(self, index, sock):
+        """A forked worker: its own ports in the groups, the daemon's requests on `sock`."""
+        from .fanout import Channel
+        self.listener.close()
+        self.listener = None
+        self.workers = None
+        self.worker_index = index
+        self.changes = None
+        self.director.become_worker()
+
+        def handle(message):
+            answer = self.handle(message)
+            if self.stopping:
+                self.loop.stop()
+            return answer
+        channel = Channel(sock, handle, on_eof=lambda: self.loop.stop())
+        self._extra_reader = (channel, channel.readable)
+        self.serve_forever()
 
     def _accept(self):
         try:
@@ -274,7 +355,8 @@ class Daemon:
         from .director import Director
         self.changes = HostChanges(state_path, log=self.log, owner="lvs daemon")
         self.changes.claim()
-        self.director = Director(self.engine, ifnames, self.changes, self.log, ring=ring)
+        self.director = Director(self.engine, ifnames, self.changes, self.log, ring=ring,
+                                 fanout=self.worker_count > 1)
         try:
             self.director.start(self.now())
         except BaseException:
@@ -291,6 +373,9 @@ class Daemon:
             self.changes = None
 
     def close(self):
+        if self.workers is not None:
+            self.workers.stop()
+            self.workers = None
         self.detach_live()
         if self.listener is not None:
             self.listener.close()
@@ -302,9 +387,16 @@ class Daemon:
 
 
 def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic", out=sys.stdout,
-          ifaces=(), state_path=None, log_path=None, ring=True):
+          ifaces=(), state_path=None, log_path=None, ring=True, workers=1):
     """`lvs daemon`: returns the exit status."""
+    if not 1 <= workers <= 64:
+        raise DaemonError("--workers: 1 to 64")
+    if workers > 1 and not ifaces:
+        raise DaemonError("--workers needs --iface: the workers share interfaces")
+    if workers > 1 and feed_paths:
+        raise DaemonError("--workers and --feed: a capture goes to one process")
     daemon = Daemon(path, clock=clock)
+    daemon.worker_count = workers
     log_file = None
     if log_path:
         try:
@@ -332,7 +424,7 @@ def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic",
             raise DaemonError("cannot feed %s: %s" % (capture, e))
     if ifaces:
         try:
-            daemon.attach(ifaces, state_path or default_state_path())
+            daemon.attach(ifaces, state_path or default_state_path(), ring=ring)
         except (HostError, OSError) as e:
             daemon.close()
             raise DaemonError(str(e))
@@ -372,6 +464,19 @@ def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic",
         time.sleep(0.05)
     os.kill(pid, signal.SIGTERM)
     raise DaemonError("no answer on %s within 10 s" % path)
+
+
+def _sum_stats(answers):
+    """The daemon's and its workers' "stats" answers added up, and each kept."""
+    drops, director = {}, {}
+    for a in answers:
+        if not a:
+            continue
+        for k, v in (a.get("drops") or {}).items():
+            drops[k] = drops.get(k, 0) + v
+        for k, v in (a.get("director") or {}).items():
+            director[k] = director.get(k, 0) + v
+    return {"drops": drops, "director": director, "per_process": answers}
 
 
 def default_state_path():

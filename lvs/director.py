@@ -25,11 +25,13 @@ import socket
 import struct
 
 from . import arp, hostconf
+from . import fanout as fanout_mod
 from .checksum import checksum, l4_checksum
 from .flags import IP_VS_CONN_F_MASQ, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 from .icmp import build_error, ipv4_header, is_icmp_error
 from .neigh import Neighbours, Routes
 from .ports import RawPort
+from .ports.raw import ETH_P_ARP, ETH_P_IP
 
 NFT_TABLE = "pylvs"
 BATCH = 64
@@ -69,8 +71,13 @@ def tcp_reset(packet, ihl, tot):
 
 
 class Director:
-    def __init__(self, engine, ifnames, changes, log, ring=True):
+    def __init__(self, engine, ifnames, changes, log, ring=True, fanout=False):
         self.engine = engine
+        # --workers (lvs/fanout.py): ifname -> fanout group id, the program installed
+        self.fanout = ({name: fanout_mod.group_id(i) for i, name in enumerate(ifnames)}
+                       if fanout else None)
+        self.fanout_program = None
+        self.worker = False         # a forked worker: no host changes, no ARP answers
         self.ifnames = list(ifnames)
         self.changes = changes
         self.log = log
@@ -102,18 +109,38 @@ class Director:
         self.changes.nft_table("ip", NFT_TABLE, _NFT_BODY,
                                "the host does not own the VIPs: keep its stack from answering, "
                                "resetting or forwarding the packets pylvs handles")
-        for name in self.ifnames:
-            port = RawPort(name, ring=self.ring)
-            self.ports.append(port)
-            self.by_name[name] = port
-            self.log("lvs daemon: %s attached (AF_PACKET, %s, MAC %s)"
-                     % (name, port.ring_mode, port.mac.hex(":")))
+        self._open_ports()
+        for port in self.ports:
+            self.log("lvs daemon: %s attached (AF_PACKET, %s, MAC %s%s)"
+                     % (port.name, port.ring_mode, port.mac.hex(":"),
+                        ", fanout group %d" % self.fanout[port.name] if self.fanout else ""))
         if self.engine.director_addr is None:
             # The kernel's tunnel source is the route's source address: ours.
             self.engine.director_addr = self.addrs[self.ifnames[0]][0][0]
         self.engine.mtu = min(hostconf.link_info(name).get("mtu", 1500) for name in self.ifnames)
         self.routes.load(now)
         self.sync()
+
+    def _open_ports(self):
+        for name in self.ifnames:
+            if self.fanout is None:
+                port = RawPort(name, ring=self.ring)
+            else:
+                # IPv4 through the group; ARP to every process, outside it.
+                port = RawPort(name, ring=self.ring, protocol=ETH_P_IP, fanout=self.fanout[name])
+                self.ports.append(RawPort(name, ring=False, protocol=ETH_P_ARP))
+            self.ports.append(port)
+            self.by_name[name] = port
+
+    def become_worker(self):
+        """In a forked worker: ports of its own in the same groups; the host
+        changes and the ARP answers stay with the daemon."""
+        for port in self.ports:
+            port.close()             # the daemon's sockets: only our copies of them
+        self.ports, self.by_name = [], {}
+        self.changes = None
+        self.worker = True
+        self._open_ports()
 
     def close(self):
         for port in self.ports:
@@ -157,10 +184,29 @@ class Director:
                 script.append("delete element ip %s %s { %s }" % (NFT_TABLE, name, ", ".join(sorted(gone))))
             if added:
                 script.append("add element ip %s %s { %s }" % (NFT_TABLE, name, ", ".join(sorted(added))))
+        if self.worker:
+            return  # the daemon keeps the host in step
         if script:
             hostconf.run(["nft", "-f", "-"], input="\n".join(script) + "\n")
             self.log("lvs daemon: nft: " + "; ".join(script))
         self.nft_elements = want
+        if self.fanout is not None:
+            self._program_groups({a for _, a, _ in masq})
+
+    def _program_groups(self, nat_addrs):
+        """The fanout groups' program follows the NAT real servers and persistence masks."""
+        mask = 0xFFFFFFFF
+        for svc in self.engine.services.values():
+            if svc.persistent:
+                mask &= svc.netmask
+        if len(nat_addrs) > fanout_mod.MAX_NAT_ADDRS:
+            self.log("lvs daemon: more than %d NAT real server addresses: replies from the rest "
+                     "may reach another worker" % fanout_mod.MAX_NAT_ADDRS)
+        prog = fanout_mod.client_hash_program(nat_addrs, mask)
+        if prog != self.fanout_program:
+            for name in self.ifnames:
+                fanout_mod.set_program(self.by_name[name].sock, prog)
+            self.fanout_program = prog
 
     # ------------------------------------------------------------ packets in
 
@@ -209,7 +255,7 @@ class Director:
         for_us = op == arp.ARPOP_REQUEST and tpa in self.vips
         for body in self.neigh.learn(spa, sha, port.name, now, create=for_us):
             self._emit(port, sha, body)
-        if for_us:
+        if for_us and not self.worker:
             port.send(arp.reply(port.mac, tpa, sha, spa))
             self.counters["arp_replies"] += 1
 
@@ -302,7 +348,8 @@ class Director:
         out = dict(self.counters)
         out["neigh_failed"] = self.neigh.failed
         for port in self.ports:
+            name = port.name + ("_arp" if port.protocol == ETH_P_ARP else "")
             for k, v in port.counters.items():
-                out["%s_%s" % (port.name, k)] = v
-            out["%s_rx_ring_drops" % port.name] = port.ring_drops()
+                out["%s_%s" % (name, k)] = v
+            out["%s_rx_ring_drops" % name] = port.ring_drops()
         return out

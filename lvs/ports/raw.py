@@ -31,6 +31,8 @@ TPACKET_V2 = 1
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
 ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+ETH_P_ARP = 0x0806
 SIOCGIFINDEX = 0x8933
 PACKET_OTHERHOST = 3
 PACKET_OUTGOING = 4
@@ -51,8 +53,11 @@ class PortGone(OSError):
 class RawPort:
     kind = "ether"
 
-    def __init__(self, ifname, ring=True, frame_count=FRAME_COUNT):
+    def __init__(self, ifname, ring=True, frame_count=FRAME_COUNT, protocol=ETH_P_ALL, fanout=None):
+        """`protocol`: the EtherType to receive (ETH_P_ALL: every frame).
+        `fanout`: a PACKET_FANOUT group id to join (lvs/fanout.py)."""
         self.name = ifname
+        self.protocol = protocol
         self.counters = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_ring_drops": 0}
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         self.ring = None
@@ -64,7 +69,10 @@ class RawPort:
             if ring:
                 self._setup_ring(frame_count)
             self.ifindex = self._ifindex()
-            self.sock.bind((ifname, ETH_P_ALL))
+            self.sock.bind((ifname, protocol))
+            if fanout is not None:
+                from ..fanout import join
+                join(self.sock, fanout)  # only a bound socket can join
             self.sock.setblocking(False)
         except Exception:
             self.close()

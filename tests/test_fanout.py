@@ -1,0 +1,190 @@
+"""`lvs daemon --workers N` (lvs/fanout.py): processes sharing the interfaces.
+
+The fanout program is checked offline (both directions of a NAT connection
+and every packet of a client, persistence-masked, go to one process), then
+live: a daemon with two workers in a namespace topology, clients on many
+addresses through NAT and DR, listings that add both processes up, and
+commands that reach both.
+"""
+
+import json
+import os
+import struct
+import sys
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lvs import adm, fanout
+from lvs.engine import Engine
+from lvs.lab import Topology
+
+VIP = "198.51.100.2"
+
+
+def ipv4(src, dst, proto=6, sport=1000, dport=80):
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, proto, 0, bytes(src), bytes(dst))
+    return head + struct.pack("!HH", sport, dport) + bytes(16)
+
+
+addr = st.tuples(st.integers(1, 254), st.integers(0, 255)).map(lambda t: bytes([203, 0, 113, t[0]]))
+nat = st.lists(st.integers(10, 60).map(lambda n: bytes([192, 0, 2, n])), min_size=0, max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(addr, st.integers(1, 65535), nat, st.integers(2, 8))
+def test_both_directions_of_a_nat_connection_meet_in_one_process(client, cport, servers, members):
+    prog = fanout.client_hash_program(servers, 0xFFFFFFFF)
+    inbound = fanout.program_choice(prog, ipv4(client, bytes([198, 51, 100, 2]), sport=cport), members)
+    for rs in servers:
+        reply = ipv4(rs, client, sport=80, dport=cport)
+        assert fanout.program_choice(prog, reply, members) == inbound
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 255), st.integers(0, 255))
+def test_a_persistence_mask_keeps_a_network_in_one_process(a, b):
+    prog = fanout.client_hash_program([], 0xFFFFFF00)
+    one = fanout.program_choice(prog, ipv4(bytes([203, 0, 113, a]), bytes([198, 51, 100, 2])), 4)
+    two = fanout.program_choice(prog, ipv4(bytes([203, 0, 113, b]), bytes([198, 51, 100, 2])), 4)
+    assert one == two
+
+
+def test_clients_spread_over_the_processes():
+    prog = fanout.client_hash_program([], 0xFFFFFFFF)
+    seen = {fanout.program_choice(prog, ipv4(bytes([203, 0, 113, n]), bytes([198, 51, 100, 2])), 4)
+            for n in range(1, 65)}
+    assert seen == {0, 1, 2, 3}
+
+
+def test_listings_add_up_the_workers_tallies():
+    engines = []
+    for _ in range(2):
+        e = Engine()
+        adm.run(e, ["-A", "-t", VIP + ":80", "-s", "rr"])
+        adm.run(e, ["-a", "-t", VIP + ":80", "-r", "192.0.2.10:80", "-m"])
+        engines.append(e)
+    for e, n in zip(engines, (3, 5)):
+        d = next(iter(e.services.values())).destinations[0]
+        d.activeconns, d.inactconns = n, 1
+    view = adm._scratch_copy(engines[0])
+    add_tally(view, json.loads(json.dumps(fanout.tally(engines[1]))))
+    out = adm.run(view, ["-Ln"])[0]
+    row = [line for line in out.splitlines() if "192.0.2.10:80" in line][0].split()
+    assert row[-2:] == ["8", "2"]
+    # the daemon's own tables are untouched by the listing
+    assert next(iter(engines[0].services.values())).destinations[0].activeconns == 3
+
+
+add_tally = fanout.add_tally
+
+
+def test_connection_listings_keep_one_heading():
+    a = "IPVS connection entries\npro expire state\nTCP 01:00 ESTABLISHED a\n"
+    b = "IPVS connection entries\npro expire state\nTCP 02:00 SYN_RECV b\n"
+    assert fanout.merge_connection_listings([a, b]) == a + "TCP 02:00 SYN_RECV b\n"
+
+
+# ---------------------------------------------------------------- live
+
+live = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, AF_PACKET, nftables")
+CLIENTS = ["198.51.100.%d" % n for n in range(100, 116)]
+
+_REQUESTS = r"""
+import json, socket, sys
+vip, port, sources = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+out = []
+for src in sources:
+    for _ in range(3):
+        try:
+            s = socket.create_connection((vip, port), timeout=3, source_address=(src, 0))
+            s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            s.close()
+            out.append([src, data.split(b"\r\n\r\n", 1)[-1].decode().strip()])
+        except OSError as e:
+            out.append([src, "error: %s" % e])
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def topo():
+    t = Topology(tag="f%d" % os.getpid(), servers=2)
+    t.build()
+    try:
+        for a in CLIENTS:
+            t.run("client", ["ip", "addr", "add", a + "/24", "dev", "eth0"], check=True)
+        t.start_daemon("--workers", "2", log_path=os.path.join(t.workdir, "daemon.log"))
+        t.setup_realserver("rs1", "dr")
+        t.setup_realserver("rs2", "nat")
+        t.http_server("rs1", "10", port=80, lifetime=600)
+        t.http_server("rs2", "11", port=8080, lifetime=600)
+        yield t
+    finally:
+        t.teardown()
+
+
+def lvsadm(t, *args):
+    r = t.lvsadm(*args)
+    assert r.returncode == 0, (args, r.stderr)
+    return r.stdout
+
+
+def ctl_request(t, op):
+    r = t.python("director", "from lvs import ctl; import json, sys; "
+                             "print(json.dumps(ctl.request(ctl.socket_path(), {'op': sys.argv[1]})))", op)
+    return json.loads(r.stdout)
+
+
+@live
+def test_two_workers_share_nat_and_dr_traffic_and_listings_add_up(topo):
+    lvsadm(topo, "-C")
+    lvsadm(topo, "-A", "-t", VIP + ":80", "-s", "rr")
+    lvsadm(topo, "-a", "-t", VIP + ":80", "-r", "198.51.100.10:80", "-g")
+    lvsadm(topo, "-a", "-t", VIP + ":80", "-r", "198.51.100.11:8080", "-m")
+    assert len(ctl_request(topo, "ping")["workers"]) == 2
+    r = topo.run("client", [sys.executable, "-c", _REQUESTS, VIP, "80"] + CLIENTS, timeout=120)
+    answers = json.loads(r.stdout)
+    assert len(answers) == 3 * len(CLIENTS)
+    assert all(body in ("10", "11") for _, body in answers), answers   # NAT replies found their process
+    assert {body for _, body in answers} == {"10", "11"}
+
+    stats = ctl_request(topo, "stats")
+    per = [p["director"]["to_engine"] for p in stats["per_process"]]
+    assert all(n > 0 for n in per), per                     # both processes forwarded
+    assert stats["director"]["to_engine"] == sum(per)
+
+    out = lvsadm(topo, "-Ln", "--stats", "--exact")
+    row = [line for line in out.splitlines() if line.startswith("TCP")][0].split()
+    deadline = time.monotonic() + 5    # counters reach listings at the 2 s estimator tick
+    while int(row[2]) != len(answers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        out = lvsadm(topo, "-Ln", "--stats", "--exact")
+        row = [line for line in out.splitlines() if line.startswith("TCP")][0].split()
+    assert int(row[2]) == len(answers), out                 # Conns of both processes
+
+    conns = [line for line in lvsadm(topo, "-Lnc").splitlines()[2:] if line.strip()]
+    assert len(conns) == len(answers)                       # every process's connections
+    assert len({line.split()[3].split(":")[0] for line in conns}) == len(CLIENTS)
+
+
+@live
+def test_a_command_reaches_every_worker(topo):
+    lvsadm(topo, "-C")
+    lvsadm(topo, "-A", "-t", VIP + ":80", "-s", "rr")
+    lvsadm(topo, "-a", "-t", VIP + ":80", "-r", "198.51.100.10:80", "-g")
+    lvsadm(topo, "-a", "-t", VIP + ":80", "-r", "198.51.100.11:8080", "-m")
+    lvsadm(topo, "-e", "-t", VIP + ":80", "-r", "198.51.100.10:80", "-g", "-w", "0")
+    r = topo.run("client", [sys.executable, "-c", _REQUESTS, VIP, "80"] + CLIENTS, timeout=120)
+    answers = json.loads(r.stdout)
+    assert {body for _, body in answers} == {"11"}, answers    # no process still sends to rs1
+    bad = topo.lvsadm("-a", "-t", VIP + ":80", "-r", "198.51.100.11:8080", "-m")
+    assert bad.returncode != 0 and "Destination already exists" in bad.stderr
