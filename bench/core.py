@@ -241,7 +241,8 @@ def case_memory(quick):
 def case_expiry(quick):
     """UDP connections opened at 100 k/s expire 5 minutes later at the same rate,
     while a packet loop goes on (a batch and its expire() every ms); the figure
-    is the longest batch while they expire, each such batch one packet."""
+    is the longest batch of the whole 10 s in which they expire (each such batch
+    one packet), with the median and the 99th percentile beside it."""
     n = 100000 if quick else 1000000
     engine = engine_with("nat")
     adm.run(engine, ["-A", "-u", VIP + ":53", "-s", "rr"])
@@ -250,22 +251,25 @@ def case_expiry(quick):
     datagrams = [ipv4(src, VIP_B, 17, struct.pack("!HHHH", sport, 53, 12, 0) + b"abcd")
                  for src, sport in map(client_of, range(n))]
     live = [segment(*client_of(n + 1), 0x18)]
-    t, step = 1.0, 0.001
+    first = t = 1.0
+    step = 0.001
     for i in range(0, n, per_ms):
         engine.receive_batch(datagrams[i:i + per_ms], t)
         t += step
-    created = t
-    while t < created + 299.0:     # quiet: the loop still runs its timers
+    while t < first + 299.0:     # quiet until the first ones are due; the loop still runs its timers
         engine.receive_batch(live, t)
         t += 0.01
-    worst = 0.0
-    while len(engine.conntab) > 1 and t < created + 320.0:
+    pauses = []
+    while len(engine.conntab) > 1 and t < first + 330.0:
         c = time.perf_counter()
         engine.receive_batch(live, t)
-        worst = max(worst, time.perf_counter() - c)
+        pauses.append(time.perf_counter() - c)
         t += step
     assert len(engine.conntab) <= 1, len(engine.conntab)
-    emit("expiry longest pause %s conns" % _size(n), worst * 1000, "ms", conns=n)
+    pauses.sort()
+    emit("expiry longest pause %s conns" % _size(n), pauses[-1] * 1000, "ms", conns=n, calls=len(pauses),
+         median_ms=round(pauses[len(pauses) // 2] * 1000, 3),
+         p99_ms=round(pauses[int(len(pauses) * 0.99)] * 1000, 3))
 
 
 def case_replay(quick):
