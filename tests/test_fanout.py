@@ -70,15 +70,12 @@ def test_listings_add_up_the_workers_tallies():
         d = next(iter(e.services.values())).destinations[0]
         d.activeconns, d.inactconns = n, 1
     view = adm._scratch_copy(engines[0])
-    add_tally(view, json.loads(json.dumps(fanout.tally(engines[1]))))
+    fanout.add_tally(view, json.loads(json.dumps(fanout.tally(engines[1]))))
     out = adm.run(view, ["-Ln"])[0]
     row = [line for line in out.splitlines() if "192.0.2.10:80" in line][0].split()
     assert row[-2:] == ["8", "2"]
     # the daemon's own tables are untouched by the listing
     assert next(iter(engines[0].services.values())).destinations[0].activeconns == 3
-
-
-add_tally = fanout.add_tally
 
 
 def test_connection_listings_keep_one_heading():
@@ -144,12 +141,17 @@ def ctl_request(t, op):
     return json.loads(r.stdout)
 
 
+def dr_and_nat_service(t):
+    """An empty table, then one service: rs1 by direct routing, rs2 by NAT."""
+    lvsadm(t, "-C")
+    lvsadm(t, "-A", "-t", VIP + ":80", "-s", "rr")
+    lvsadm(t, "-a", "-t", VIP + ":80", "-r", "198.51.100.10:80", "-g")
+    lvsadm(t, "-a", "-t", VIP + ":80", "-r", "198.51.100.11:8080", "-m")
+
+
 @live
 def test_two_workers_share_nat_and_dr_traffic_and_listings_add_up(topo):
-    lvsadm(topo, "-C")
-    lvsadm(topo, "-A", "-t", VIP + ":80", "-s", "rr")
-    lvsadm(topo, "-a", "-t", VIP + ":80", "-r", "198.51.100.10:80", "-g")
-    lvsadm(topo, "-a", "-t", VIP + ":80", "-r", "198.51.100.11:8080", "-m")
+    dr_and_nat_service(topo)
     assert len(ctl_request(topo, "ping")["workers"]) == 2
     r = topo.run("client", [sys.executable, "-c", _REQUESTS, VIP, "80"] + CLIENTS, timeout=120)
     answers = json.loads(r.stdout)
@@ -178,10 +180,7 @@ def test_two_workers_share_nat_and_dr_traffic_and_listings_add_up(topo):
 
 @live
 def test_a_command_reaches_every_worker(topo):
-    lvsadm(topo, "-C")
-    lvsadm(topo, "-A", "-t", VIP + ":80", "-s", "rr")
-    lvsadm(topo, "-a", "-t", VIP + ":80", "-r", "198.51.100.10:80", "-g")
-    lvsadm(topo, "-a", "-t", VIP + ":80", "-r", "198.51.100.11:8080", "-m")
+    dr_and_nat_service(topo)
     lvsadm(topo, "-e", "-t", VIP + ":80", "-r", "198.51.100.10:80", "-g", "-w", "0")
     r = topo.run("client", [sys.executable, "-c", _REQUESTS, VIP, "80"] + CLIENTS, timeout=120)
     answers = json.loads(r.stdout)
