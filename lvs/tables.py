@@ -185,6 +185,8 @@ class Tables:
     def _unlink_dest(self, svc, dest, svcupd):
         """__ip_vs_unlink_dest + __ip_vs_del_dest: unavailable at once, kept in trash."""
         dest.flags &= ~IP_VS_DEST_F_AVAILABLE
+        if dest.watch is not None:
+            dest.watch(dest)  # a scheduler's tree may hold it (lblcr's sets)
         svc.destinations.remove(dest)
         if svcupd and svc.scheduler is not None:
             svc.scheduler.del_dest(svc, dest)

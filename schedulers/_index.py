@@ -43,6 +43,7 @@ class DestIndex:
         self.trees = trees
         self.pos = None       # dest -> leaf slot; None: stale, rebuild first
         self.size = 0
+        self.also = None      # called with every changed dest, in the tree or not
 
     def stale(self):
         """The dest list changed: rebuild before the next query."""
@@ -84,6 +85,8 @@ class DestIndex:
             dest.watch = self.changed
 
     def changed(self, dest):
+        if self.also is not None:
+            self.also(dest)
         pos = self.pos
         if pos is None:
             return

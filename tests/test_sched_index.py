@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lvs.flags import IP_VS_CONN_F_MASQ  # noqa: E402
+from lvs.flags import IP_VS_CONN_F_MASQ, IP_VS_DEST_F_AVAILABLE  # noqa: E402
 from lvs.registry import scheduler_class  # noqa: E402
 from lvs.service import Dest, Service  # noqa: E402
 from schedulers import _index  # noqa: E402
+from helpers import Pkt  # noqa: E402
 
 PURE = ("lc", "wlc", "sed", "nq", "fo", "ovf")
 
@@ -56,6 +57,10 @@ class History:
                 return
             dest = svc.destinations[op[1] % len(svc.destinations)]
             if kind == "del":
+                # as lvs/tables.py unlinks a dest: unavailable at once, then gone
+                dest.flags &= ~IP_VS_DEST_F_AVAILABLE
+                if dest.watch is not None:
+                    dest.watch(dest)
                 svc.destinations.remove(dest)
                 self.sched.del_dest(svc, dest)
             else:
@@ -130,6 +135,40 @@ def test_locality_fallback_and_overload_from_the_tree(name, history):
         for dest in h.svc.destinations:
             walked, treed = walk_and_tree(lambda: h.sched.overloaded(dest, h.svc))
             assert walked == treed
+
+
+busy = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.integers(0, 4), st.integers(0, 6)),
+    st.tuples(st.just("add"), st.integers(0, 4), st.integers(0, 6)),
+    st.tuples(st.just("bind"), st.integers(0, 999), st.booleans()),
+    st.tuples(st.just("unbind"), st.integers(0, 999)),
+    st.tuples(st.just("edit"), st.integers(0, 999), st.integers(0, 4), st.integers(0, 6)),
+    st.tuples(st.just("del"), st.integers(0, 999)),
+), min_size=1, max_size=80)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(busy, st.lists(st.just(0) | st.integers(0, 2), min_size=1, max_size=10))
+def test_lblcr_sets_answer_from_their_trees(history, daddrs):
+    """Two lblcr schedulers see the same dests: one walks its sets, one keeps
+    every set of more than one member as a tree. Same choices, step by step."""
+    h = History("lblcr")
+    walker = scheduler_class("lblcr")(h.svc)
+    limit = _index.SCAN_LIMIT
+    try:
+        for i, op in enumerate(history):
+            h.apply(op)
+            pkt = Pkt(daddr=bytes([198, 51, 100, 200 + daddrs[i % len(daddrs)]]))
+            _index.SCAN_LIMIT = 1 << 30
+            walked = walker.schedule(h.svc, pkt, float(i))
+            _index.SCAN_LIMIT = 0
+            treed = h.sched.schedule(h.svc, pkt, float(i))
+            assert walked is treed, op
+            # a busy set: the chosen dest takes a connection, as the engine would bind it
+            if treed is not None:
+                h.apply(("bind", h.svc.destinations.index(treed), False))
+    finally:
+        _index.SCAN_LIMIT = limit
 
 
 def test_a_scheduler_switch_releases_the_dests():
