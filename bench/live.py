@@ -7,6 +7,9 @@ loopback). Each workload runs, in the same run, through:
   direct      the DR server's own address: bridge and kernels only (baseline)
   pylvs-nat   pylvs on AF_PACKET, NAT to rs1
   pylvs-dr    pylvs on AF_PACKET, direct routing to rs2
+  pylvs-nat-recvfrom, pylvs-nat-2workers (UDP only): the other port choices,
+              recvfrom() instead of the ring, and --workers 2 loaded from two
+              client addresses (against one process loaded the same way)
   minfwd-nat  bench/minfwd.py: a Python NAT forwarder on the same kind of port
               that only rewrites addresses (the ceiling for a Python data plane)
   kernel-nft  the director's own kernel: the VIP as a local address and an
@@ -55,12 +58,16 @@ while True:
 _LOAD = r"""
 import json, socket, sys, time
 kind, addr, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+source = (sys.argv[4], 0) if len(sys.argv) > 4 else None
 payload = b"x" * 64
 end = time.monotonic() + seconds
 n = lost = 0
 start = time.monotonic()
 if kind == "udp":
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.5); s.connect((addr, 9000))
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.5)
+    if source:
+        s.bind(source)
+    s.connect((addr, 9000))
     inflight = 0
     while time.monotonic() < end:
         while inflight < 32:
@@ -133,7 +140,17 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def load(topo, kind, addr, seconds):
+def load(topo, kind, addr, seconds, sources=None):
+    if sources:
+        # One load per client address, at once (fanout spreads clients by address).
+        procs = [topo.popen("client", [sys.executable, "-c", _LOAD, kind, addr, str(seconds), src],
+                            name="load-%s-%d" % (src, time.monotonic_ns()), lifetime=seconds + 30)
+                 for src in sources]
+        total = 0.0
+        for p in procs:
+            p.wait(timeout=seconds + 30)
+            total += json.loads(topo.read_log(p).strip().splitlines()[-1])["rate"]
+        return total, {}
     if kind == "http":
         r = topo.run("client", ["wrk", "-t1", "-c16", "-d%ds" % max(1, round(seconds)), "--latency",
                                 "http://%s:8000/" % addr], timeout=seconds + 30)
@@ -153,13 +170,15 @@ def _ms(text):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def measure(topo, mode, kind, addr, seconds, rounds, pid, baseline):
+def measure(topo, mode, kind, addr, seconds, rounds, pid, baseline, sources=None):
+    """`pid`: the forwarding process, or a list of them (their CPU shares add up)."""
+    pids = pid if isinstance(pid, list) else [pid] if pid else []
     rates, lat, cpu = [], [], []
     for _ in range(rounds):
-        c0, t0 = (cpu_seconds(pid), time.monotonic()) if pid else (None, None)
-        rate, latency = load(topo, kind, addr, seconds)
-        if pid:
-            cpu.append((cpu_seconds(pid) - c0) / (time.monotonic() - t0))
+        c0, t0 = sum(map(cpu_seconds, pids)), time.monotonic()
+        rate, latency = load(topo, kind, addr, seconds, sources)
+        if pids:
+            cpu.append((sum(map(cpu_seconds, pids)) - c0) / (time.monotonic() - t0))
         rates.append(rate)
         lat.append(latency)
     rate = statistics.median(rates)
@@ -210,9 +229,39 @@ def minimal_forwarder(topo, workloads, seconds, rounds, direct):
         topo.run("director", ["nft", "delete", "table", "ip", "pylvsbenchfwd"])
 
 
-def daemon_pid(topo):
-    r = topo.python("director", "from lvs import ctl; print(ctl.request(ctl.socket_path(), {'op': 'ping'})['pid'])")
-    return int(r.stdout.strip())
+def daemon_pid(topo, every=False):
+    """The daemon's PID (with every=True: its own and its workers')."""
+    r = topo.python("director", "from lvs import ctl; import json; "
+                                "print(json.dumps(ctl.request(ctl.socket_path(), {'op': 'ping'})))")
+    answer = json.loads(r.stdout)
+    return answer.get("workers", [answer["pid"]]) if every else answer["pid"]
+
+
+def nat_services(topo):
+    topo.lvsadm("-C")
+    for proto, port in (("-t", 9000), ("-u", 9000), ("-t", 8000)):
+        topo.lvsadm("-A", proto, "%s:%d" % (VIP, port), "-s", "rr")
+        topo.lvsadm("-a", proto, "%s:%d" % (VIP, port), "-r", "%s:%d" % (topo.ip("rs1"), port), "-m")
+
+
+def port_choices(topo, seconds, rounds, direct):
+    """UDP through pylvs NAT on the other port choices, each against the same baseline:
+    recvfrom() instead of the PACKET_MMAP ring, and two processes sharing the port
+    (--workers 2) loaded from two client addresses, as two clients load it."""
+    sources = ["198.51.100.100", "198.51.100.101"]
+    for src in sources:
+        topo.run("client", ["ip", "addr", "add", src + "/24", "dev", IFACE], check=True)
+    two = measure(topo, "pylvs-nat-two-clients", "udp", VIP, seconds, rounds, daemon_pid(topo),
+                  direct["udp"], sources=sources)
+    for mode, extra in (("pylvs-nat-recvfrom", ["--no-ring"]), ("pylvs-nat-2workers", ["--workers", "2"])):
+        topo.stop_daemon()
+        topo.start_daemon(*extra)
+        nat_services(topo)
+        if mode == "pylvs-nat-recvfrom":
+            measure(topo, mode, "udp", VIP, seconds, rounds, daemon_pid(topo), direct["udp"])
+        else:
+            measure(topo, mode, "udp", VIP, seconds, rounds, daemon_pid(topo, every=True), two,
+                    sources=sources)
 
 
 def main(argv):
@@ -255,7 +304,7 @@ def main(argv):
         for kind in workloads:
             direct[kind] = measure(topo, "direct", kind, topo.ip("rs2"), seconds, rounds, None, None)
         pid = daemon_pid(topo)
-        for mode, role, flag in (("pylvs-nat", "rs1", "-m"), ("pylvs-dr", "rs2", "-g")):
+        for mode, role, flag in (("pylvs-dr", "rs2", "-g"), ("pylvs-nat", "rs1", "-m")):
             topo.lvsadm("-C")
             for proto, port in (("-t", 9000), ("-u", 9000), ("-t", 8000)):
                 topo.lvsadm("-A", proto, "%s:%d" % (VIP, port), "-s", "rr")
@@ -267,6 +316,7 @@ def main(argv):
         stats = json.loads(r.stdout)
         emit(case="live pylvs drops", value=sum(stats["drops"].values()), unit="packets",
              drops=stats["drops"], ring_drops={k: v for k, v in stats["director"].items() if "ring_drops" in k})
+        port_choices(topo, seconds, rounds, direct)
         topo.stop_daemon()
         minimal_forwarder(topo, workloads, seconds, rounds, direct)
         # The director's own kernel holds the VIP now.
