@@ -26,3 +26,16 @@ def test_the_established_case_reports_fast_and_general_paths(capsys, monkeypatch
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(r["flows"], r["fast"]) for r in rows] == [(100, True), (100, False), (300, True), (300, False)]
     assert all(r["value"] > 0 and r["baseline"] > 0 for r in rows)
+
+
+def test_the_memory_profile_names_where_a_connection_s_bytes_go(capsys):
+    import sys
+    import pytest
+    from bench import profile
+    if sys.implementation.name != "cpython":
+        pytest.skip("tracemalloc is CPython's")
+    assert profile.main(["memory", "--count", "2000", "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "2000 ESTABLISHED NAT connections" in out
+    assert "lvs/conntab.py" in out        # the connection objects themselves
+    assert profile.main(["nonsense"]) == 2

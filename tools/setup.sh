@@ -4,7 +4,7 @@
 #   .venv-pypy  Debian's PyPy 3.9 (the faster interpreter on packet paths)
 # Safe to run again: it only adds what is missing. Needs root for apt-get.
 # With --bench, also the baselines `python -m bench` compares against
-# (HAProxy, nginx and wrk from Debian).
+# (HAProxy, nginx and wrk from Debian) and pyinstrument for bench/profile.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,3 +41,7 @@ make_venv() {  # interpreter, directory
 }
 make_venv python3 .venv
 make_venv pypy3 .venv-pypy
+if [ "${1:-}" = "--bench" ]; then
+    # bench/profile.py's profiler (CPython; it falls back to cProfile without it)
+    .venv/bin/python -c 'import pyinstrument' 2>/dev/null || .venv/bin/python -m pip install -q pyinstrument
+fi
