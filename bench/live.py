@@ -303,9 +303,13 @@ def main(argv):
         direct = {}
         for kind in workloads:
             direct[kind] = measure(topo, "direct", kind, topo.ip("rs2"), seconds, rounds, None, None)
-        pid = daemon_pid(topo)
         for mode, role, flag in (("pylvs-dr", "rs2", "-g"), ("pylvs-nat", "rs1", "-m")):
-            topo.lvsadm("-C")
+            # A fresh director per mode: the connections of the last one would still
+            # hold client ports (the client reuses them) bound to a deleted server,
+            # and the kernel's rule drops packets to one (so does pylvs).
+            topo.stop_daemon()
+            topo.start_daemon()
+            pid = daemon_pid(topo)
             for proto, port in (("-t", 9000), ("-u", 9000), ("-t", 8000)):
                 topo.lvsadm("-A", proto, "%s:%d" % (VIP, port), "-s", "rr")
                 topo.lvsadm("-a", proto, "%s:%d" % (VIP, port), "-r", "%s:%d" % (topo.ip(role), port), flag)
