@@ -16,14 +16,26 @@ from forwarders._common import decrement_ttl, forward_ok, mtu_ok
 _TCP, _UDP = 6, 17
 
 
+_DELTAS = {}          # (vaddr, vport, daddr, dport) -> deltas: the same for every client
+_DELTAS_MAX = 1 << 14
+
+
 def conn_deltas(cp):
     """(IP header delta, L4 delta) for client->server, then the same for the reply."""
-    if cp.deltas is None:
-        old = cp.vaddr + cp.vport.to_bytes(2, "big")
-        new = cp.daddr + cp.dport.to_bytes(2, "big")
-        cp.deltas = (delta(cp.vaddr, cp.daddr), delta(old, new),
-                   delta(cp.daddr, cp.vaddr), delta(new, old))
-    return cp.deltas
+    deltas = cp.deltas
+    if deltas is None:
+        key = (cp.vaddr, cp.vport, cp.daddr, cp.dport)
+        deltas = _DELTAS.get(key)
+        if deltas is None:
+            old = cp.vaddr + cp.vport.to_bytes(2, "big")
+            new = cp.daddr + cp.dport.to_bytes(2, "big")
+            deltas = (delta(cp.vaddr, cp.daddr), delta(old, new),
+                      delta(cp.daddr, cp.vaddr), delta(new, old))
+            if len(_DELTAS) >= _DELTAS_MAX:
+                _DELTAS.clear()
+            _DELTAS[key] = deltas
+        cp.deltas = deltas
+    return deltas
 
 
 def _rewrite(buf, ihl, addr_off, port_off, addr, port, ip_d, l4_d):

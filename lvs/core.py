@@ -323,7 +323,9 @@ class PacketPath:
             return None
         flags = IP_VS_CONN_F_ONE_PACKET if (
             svc.flags & IP_VS_SVC_F_ONEPACKET and pkt.protocol == IPPROTO_UDP) else 0
-        cp = self.conntab.new(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport, dest.addr,
+        # The VIP is the service's own bytes object: one for all its connections.
+        vaddr = pkt.daddr if svc.fwmark else svc.addr
+        cp = self.conntab.new(pkt.protocol, pkt.saddr, pkt.sport, vaddr, pkt.dport, dest.addr,
                               dest.port or pkt.dport, flags, dest, svc.fwmark, self.now)
         self._conn_stats(cp, svc)
         return cp
@@ -369,8 +371,8 @@ class PacketPath:
             dport = dest.port
         flags = IP_VS_CONN_F_ONE_PACKET if (
             svc.flags & IP_VS_SVC_F_ONEPACKET and pkt.protocol == IPPROTO_UDP) else 0
-        cp = tab.new(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport, dest.addr,
-                     dport, flags, dest, svc.fwmark, now)
+        cp = tab.new(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr if svc.fwmark else svc.addr,
+                     pkt.dport, dest.addr, dport, flags, dest, svc.fwmark, now)
         cp.control = ct  # ip_vs_control_add
         ct.n_control += 1
         tab.refresh(ct, now)

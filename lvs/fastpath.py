@@ -47,6 +47,7 @@ from forwarders import nat, tunnel
 
 NAT, ROUTE, TUN = 0, 1, 2
 TTL_DELTA = 0xFEFF            # the checksum update of a TTL decrement
+PREPS_SHARED = 1 << 16        # prepared rewrites kept for sharing, at most
 _TCP_EVENTS = 0x17            # the flags tcp_state_idx looks at: RST SYN FIN ACK
 _ECN = bytes(tunnel.ecn_encapsulate(tos) for tos in range(256))
 _PORTS = struct.Struct("!HH")
@@ -76,6 +77,8 @@ class FastPath:
         self.engine = engine
         self.tables = {IPPROTO_TCP: {}, IPPROTO_UDP: {}}
         self.accs = {}          # (dest, direction) -> [packets, bytes, stats blocks, direction]
+        self.preps = {}         # the prepared rewrites entries share (see learn)
+        self.snapshots = {}     # and the (state, flags, timeout) they were prepared under
         self.pending = []       # accumulators holding counts not yet folded
         self.hits = 0           # packets that took an entry
         self._seen = None       # what the entries were prepared under
@@ -121,10 +124,10 @@ class FastPath:
                 tot = (p[2] << 8) | p[3]
                 if tot != n and (tot > n or tot < (40 if proto == 6 else 28)):
                     e = None
-                elif (p[6] & 0x3F or p[7] or p[8] <= 1 or tot > e[3]
+                elif (p[6] & 0x3F or p[7] or p[8] <= 1 or tot > e[0][2]
                       or from_bytes(p[:20], "big") % 0xFFFF):
                     e = None
-                elif proto == 17 and not (p[26] or p[27]) and e[0] == NAT:
+                elif proto == 17 and not (p[26] or p[27]) and e[0][0] == NAT:
                     e = None  # sent without a checksum: NAT computes a full one
             if e is None:
                 if pending:
@@ -135,7 +138,8 @@ class FastPath:
                 continue
             if tot != n:
                 p = p[:tot]  # link-layer padding
-            kind, cp, acc, _, timeout, nexthop, a, b, c, d, zero, inbound, _ = e
+            prep, cp, _ = e
+            kind, acc, _, timeout, nexthop, a, b, c, d, zero, inbound = prep
             if kind == NAT:
                 # a: where the TCP/UDP checksum is; b: the new address and port
                 t = (((p[a] << 8) | p[a + 1]) ^ 0xFFFF) + d
@@ -199,6 +203,7 @@ class FastPath:
         if cp is None:
             return
         snapshot = (cp.state, cp.flags, cp.timeout)
+        snapshot = self.snapshots.setdefault(snapshot, snapshot)  # few distinct ones: shared
         if cp.fast is not None:
             self.forget(cp, snapshot)
         direction = engine.resolved
@@ -255,8 +260,15 @@ class FastPath:
                 a, b, c = csum_off, (cp.vaddr, cp.vport.to_bytes(2, "big")), fold(ip_d + TTL_DELTA)
             else:
                 kind, limit, nexthop = ROUTE, mtu, None  # routed on to where it was sent
-        entry = (kind, cp, self._acc(dest, inbound), limit, timeout, nexthop, a, b, c, d, zero, inbound,
-                 snapshot)
+        # What does not depend on the connection is shared by all those it is the
+        # same for (the memory of a million connections).
+        shared = (dest, kind, limit, timeout, nexthop, a, b, c, d, zero, inbound)
+        prep = self.preps.get(shared)
+        if prep is None:
+            prep = (kind, self._acc(dest, inbound), limit, timeout, nexthop, a, b, c, d, zero, inbound)
+            if len(self.preps) < PREPS_SHARED:  # replies name their client: bounded
+                self.preps[shared] = prep
+        entry = (prep, cp, snapshot)
         key = p[12:24]
         self.tables[proto][key] = entry
         keys = cp.fast
@@ -320,7 +332,7 @@ class FastPath:
             e = tab.get(key)
             if e is None or e[1] is not cp:
                 continue
-            if e[12] != snapshot:
+            if e[2] != snapshot:
                 del tab[key]
             else:
                 keep.append(key)
@@ -341,6 +353,8 @@ class FastPath:
                 e[1].fast = None
             tab.clear()
         self.accs.clear()
+        self.preps.clear()
+        self.snapshots.clear()
         self._seen = self._state()
 
     def _state(self):
