@@ -19,7 +19,7 @@ IP_VS_CTPL_S_ASSURED = 0x0001
 class Connection:
     __slots__ = (
         "protocol", "caddr", "cport", "vaddr", "vport", "daddr", "dport",
-        "fwmark", "flags", "state", "old_state", "timeout", "expires", "dest",
+        "fwmark", "flags", "state", "timeout", "expires", "dest",
         "control", "n_control", "seq", "in_pkts", "heap_at", "dead",
         "deltas", "fast",
     )
@@ -35,7 +35,6 @@ class Connection:
         self.flags = flags
         self.fwmark = fwmark
         self.state = 0
-        self.old_state = 0
         self.timeout = 3.0     # ip_vs_conn_new's initial 3*HZ
         self.expires = 0.0
         self.dest = None
@@ -46,7 +45,7 @@ class Connection:
         self.heap_at = None
         self.dead = False
         self.deltas = None     # NAT's checksum deltas, computed once (forwarders/nat.py)
-        self.fast = None       # keys of its fast path entries (lvs/fastpath.py)
+        self.fast = None       # its fast path key (bytes), or keys (a tuple): lvs/fastpath.py
 
     @property
     def is_template(self):

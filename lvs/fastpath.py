@@ -271,11 +271,15 @@ class FastPath:
         entry = (prep, cp, snapshot)
         key = p[12:24]
         self.tables[proto][key] = entry
+        # cp.fast: its one key (bytes), or a tuple of its keys (both directions)
         keys = cp.fast
         if keys is None:
-            cp.fast = [key]
+            cp.fast = key
+        elif keys.__class__ is bytes:
+            if keys != key:
+                cp.fast = (keys, key)
         elif key not in keys:
-            keys.append(key)
+            cp.fast = keys + (key,)
         self._seen = self._state()
 
     def _tunnel(self, cp, dest, p, path):
@@ -327,8 +331,9 @@ class FastPath:
         general path handled one of its packets, those prepared for another state,
         flags or timeout than `snapshot` (the other direction's too)."""
         tab = self.tables.get(cp.protocol)
+        keys = cp.fast
         keep = []
-        for key in cp.fast:
+        for key in ((keys,) if keys.__class__ is bytes else keys):
             e = tab.get(key)
             if e is None or e[1] is not cp:
                 continue
@@ -336,7 +341,7 @@ class FastPath:
                 del tab[key]
             else:
                 keep.append(key)
-        cp.fast = keep or None
+        cp.fast = None if not keep else keep[0] if len(keep) == 1 else tuple(keep)
 
     def forget_keys(self, cp):
         """cp enters the lookup tables: whatever its packets found before may change."""
