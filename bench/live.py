@@ -1,12 +1,15 @@
 """Live benchmarks in namespaces: pylvs against no balancer, the kernel and HAProxy.
 
-lvs lab's topology (lvs.lab.Topology) with two real servers: rs1 behind NAT
-(its default route is the director), rs2 for direct routing (the VIP on its
+lvs lab's topology (lvs.lab.Topology) with three real servers: rs1 behind NAT
+(its default route is the director), rs3 behind an IPIP tunnel (decapsulated
+by `lvs realserver`, in userspace where the kernel has no ipip module), rs2
+for direct routing (the VIP on its
 loopback). Each workload runs, in the same run, through:
 
   direct      the DR server's own address: bridge and kernels only (baseline)
   pylvs-nat   pylvs on AF_PACKET, NAT to rs1
   pylvs-dr    pylvs on AF_PACKET, direct routing to rs2
+  pylvs-tunnel pylvs on AF_PACKET, IPIP to rs3
   pylvs-nat-recvfrom, pylvs-nat-2workers (UDP only): the other port choices,
               recvfrom() instead of the ring, and --workers 2 loaded from two
               client addresses (against one process loaded the same way)
@@ -277,14 +280,15 @@ def main(argv):
         emit(part="live http", skipped="wrk and nginx not installed (tools/setup.sh --bench)")
     if not have_haproxy:
         emit(part="live haproxy", skipped="haproxy not installed (tools/setup.sh --bench)")
-    topo = Topology(tag="b%d" % os.getpid(), servers=2)
+    topo = Topology(tag="b%d" % os.getpid(), servers=3)
     topo.build()
     try:
         topo.start_daemon()
         topo.setup_realserver("rs1", "nat")
         topo.setup_realserver("rs2", "dr")
+        topo.setup_realserver("rs3", "tunnel")
         rs1 = topo.ip("rs1")
-        for role in ("rs1", "rs2"):
+        for role in ("rs1", "rs2", "rs3"):
             p = topo.popen(role, [sys.executable, "-u", "-c", _ECHO], name="echo-" + role, lifetime=1800)
             topo.wait_for_output(p, "ready")
             topo.udp_echo_server(role, 9000, lifetime=1800)  # answers from the VIP, for DR
@@ -303,7 +307,8 @@ def main(argv):
         direct = {}
         for kind in workloads:
             direct[kind] = measure(topo, "direct", kind, topo.ip("rs2"), seconds, rounds, None, None)
-        for mode, role, flag in (("pylvs-dr", "rs2", "-g"), ("pylvs-nat", "rs1", "-m")):
+        for mode, role, flag in (("pylvs-dr", "rs2", "-g"), ("pylvs-tunnel", "rs3", "-i"),
+                                 ("pylvs-nat", "rs1", "-m")):
             # A fresh director per mode: the connections of the last one would still
             # hold client ports (the client reuses them) bound to a deleted server,
             # and the kernel's rule drops packets to one (so does pylvs).
