@@ -10,7 +10,6 @@ connections, in bytes per connection (CPython; PyPy has no tracemalloc).
 
 import os
 import random
-import struct
 import sys
 import tempfile
 

@@ -248,13 +248,15 @@ class Daemon:
         made are undone on the way out, whatever the reason."""
         if self.worker_count > 1 and self.director is not None and self.worker_index == 0 \
                 and self.workers is None:
-            from .fanout import Workers
+            from .fanout import FanoutError, Workers
             self.workers = Workers()
             try:
                 self.workers.spawn(self.worker_count, self._run_worker)
-            except BaseException:
+            except BaseException as e:
                 self.workers.stop()
                 self.close()
+                if isinstance(e, (FanoutError, OSError)):
+                    raise DaemonError("--workers: %s" % e)
                 raise
             self.log("lvs daemon: %d workers share the interfaces (pids %s)"
                      % (self.worker_count, " ".join(str(p) for p in

@@ -58,8 +58,8 @@ _RSH_K = 0x74
 _RET_A = 0x16
 
 
-class FanoutError(OSError):
-    pass
+class FanoutError(Exception):
+    """The workers could not be started."""
 
 
 def group_id(index):
@@ -88,30 +88,6 @@ def client_hash_program(nat_addrs, mask):
     prog.append((_RSH_K, 0, 0, 16))
     prog.append((_RET_A, 0, 0, 0))
     return prog
-
-
-def program_choice(prog, packet, members):
-    """Run the program on an IPv4 packet as the kernel would: the member index.
-    (For tests: the same program decides in the kernel.)"""
-    pc, a = 0, 0
-    while True:
-        code, jt, jf, k = prog[pc]
-        if code == _LD_W_ABS:
-            off = (k - (SKF_NET_OFF & 0xFFFFFFFF))
-            a = int.from_bytes(packet[off:off + 4], "big")
-        elif code == _JEQ_K:
-            pc += jt if a == k else jf
-        elif code == _JA:
-            pc += k
-        elif code == _AND_K:
-            a &= k
-        elif code == _MUL_K:
-            a = (a * k) & 0xFFFFFFFF
-        elif code == _RSH_K:
-            a >>= k
-        elif code == _RET_A:
-            return a % members
-        pc += 1
 
 
 def set_program(sock, prog):
@@ -217,7 +193,7 @@ class Workers:
             ours.settimeout(30.0)
             self.procs.append((pid, ours))
             if not _answer(ours, {"op": "ping"}):
-                raise FanoutError(0, "worker %d did not start" % index)
+                raise FanoutError("worker %d did not start" % index)
 
     def ask(self, message):
         """The same request to every worker, in order; their answers (None: no answer)."""

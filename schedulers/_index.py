@@ -94,18 +94,16 @@ class DestIndex:
         if i is None:
             return  # left the service (trash): no longer in this tree
         for t in self.trees:
-            nodes, join = t.nodes, t.join
-            j = i
-            nodes[j] = t.leaf(dest)
-            j >>= 1
-            while j:
-                nodes[j] = join(nodes[2 * j], nodes[2 * j + 1])
-                j >>= 1
+            t.nodes[i] = t.leaf(dest)
+            refold(t.nodes, t.join, i)
 
 
-def first_of(left, right):
-    """join for 'the first dest that qualifies' (leaf: the dest or None)."""
-    return left if left is not None else right
+def refold(nodes, join, i):
+    """After leaf i of a tree changed: fold again every node above it."""
+    i >>= 1
+    while i:
+        nodes[i] = join(nodes[2 * i], nodes[2 * i + 1])
+        i >>= 1
 
 
 def add(left, right):

@@ -17,14 +17,13 @@ root is ip_vs_dest_set_min's answer, so a set that grows to every server
 
 import weakref
 
-
 from lvs.flags import IP_VS_DEST_F_AVAILABLE, IP_VS_DEST_F_OVERLOAD
 from lvs.registry import register_scheduler
 
 from . import _index
 from ._base import Scheduler
 from ._hashing import LocalityScheduler
-from ._index import LocalityIndexed, wlc_lighter
+from ._index import LocalityIndexed, refold, wlc_lighter
 
 IP_VS_LBLCR_TAB_BITS = 10
 
@@ -76,13 +75,6 @@ class _SetTree:
         for i in range(size - 1, 0, -1):
             nodes[i] = _newest_lighter(nodes[2 * i], nodes[2 * i + 1])
 
-    def _up(self, i):
-        nodes = self.nodes
-        i >>= 1
-        while i:
-            nodes[i] = _newest_lighter(nodes[2 * i], nodes[2 * i + 1])
-            i >>= 1
-
     def add(self, dest):
         """A new newest member; the tree doubles when full (holes left by removals go)."""
         if self.count == self.size:
@@ -93,18 +85,18 @@ class _SetTree:
         self.count += 1
         self.pos[dest] = i
         self.nodes[i] = _member_leaf(dest)
-        self._up(i)
+        refold(self.nodes, _newest_lighter, i)
 
     def remove(self, dest):
         i = self.pos.pop(dest)
         self.nodes[i] = None
-        self._up(i)
+        refold(self.nodes, _newest_lighter, i)
 
     def changed(self, dest):
         i = self.pos.get(dest)
         if i is not None:
             self.nodes[i] = _member_leaf(dest)
-            self._up(i)
+            refold(self.nodes, _newest_lighter, i)
 
 
 def set_min(dests):
