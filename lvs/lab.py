@@ -621,11 +621,12 @@ class Topology:
         self.wait_for_output(p, "Serving HTTP on", timeout)
         return p
 
-    def http_get(self, url, role="client", timeout=5.0):
-        """One bounded request with curl (--max-time) from a host: HttpResult."""
+    def http_get(self, url, role="client", timeout=5.0, source=None):
+        """One bounded request with curl (--max-time) from a host, from its address `source`
+        if given: HttpResult."""
         argv = ["curl", "-sS", "--noproxy", "*", "--max-time", "%g" % timeout,
                 "--connect-timeout", "%g" % min(timeout, 3.0), "-w", "\n@@lvslab %{http_code} %{local_port}",
-                url]
+                url] + (["--interface", source] if source else [])
         try:
             r = self.run(role, argv, timeout=timeout + 10)
         except subprocess.TimeoutExpired:

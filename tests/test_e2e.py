@@ -145,10 +145,10 @@ def adm(lab):
     lab.lvsadm("-C")
 
 
-def get(lab, n, url="http://%s/" % VIP):
+def get(lab, n, url="http://%s/" % VIP, source=None):
     bodies = []
     for _ in range(n):
-        r = lab.http_get(url, timeout=4)
+        r = lab.http_get(url, timeout=4, source=source)
         bodies.append(r.body.strip() if r.ok else "error: %s" % r.error)
     return bodies
 
@@ -231,13 +231,19 @@ def test_wrr_distribution_follows_the_weights(lab, adm):
 
 
 def test_persistence_keeps_a_client_on_one_server(lab, adm):
+    # From an address of its own: the connections this test leaves behind are
+    # controlled by its template, so a later SYN from a reused client port would
+    # not be rescheduled (conn_reuse_mode spares controlled entries) but dropped
+    # at the server that went to the trash with -C.
+    client = "198.51.100.4"
+    lab.run("client", ["ip", "addr", "add", client + "/24", "dev", "eth0"], check=True)
     adm("-A", "-t", VIP + ":80", "-s", "rr", "-p", "60")
     add_all(adm, ports=HTTP_PORT)
-    bodies = get(lab, 5)
+    bodies = get(lab, 5, source=client)
     assert len(set(bodies)) == 1 and not bodies[0].startswith("error"), bodies
     # The persistence template: the client's address with port 0, the service, the server.
     templates = [line.split() for line in adm("-Lnc").splitlines()
-                 if line.startswith("TCP") and " 198.51.100.1:0 " in line]
+                 if line.startswith("TCP") and " %s:0 " % client in line]
     assert len(templates) == 1
     assert templates[0][2] == "ASSURED" and templates[0][4] == VIP + ":80"
     assert templates[0][5] == {"10": "198.51.100.10:80", "11": "198.51.100.11:80", "12": "198.51.100.12:12"}[bodies[0]]
