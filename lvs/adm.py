@@ -17,13 +17,14 @@ How ipvsadm ends, and how run() reproduces it:
   * ``ipvsadm`` without any argument lists the table (non-numeric).
 
 The sync daemons: the kernel's part of --start-daemon/--stop-daemon is kept
-in ``engine.sync_daemons`` (created on first use), ``{"master": {...},
-"backup": {...}}`` with a key only for a running daemon, each value holding
-mcast_ifn, syncid, sync_maxlen, mcast_group, mcast_port, mcast_ttl as the
-kernel stores them (start_sync_thread: defaults group 224.0.0.81, port 8848,
-ttl 1; sync_maxlen clamped to [1, 65507] for a master, [1024, 65507] for a
-backup, else 1500 - 28 for a master and the interface MTU (clamped to
-[1500, 65535]) - 28 for a backup).  The multicast interface must exist when
+in ``engine.sync_daemons``, ``{"master": {...}, "backup": {...}}`` with a key
+only for a running daemon, each value holding mcast_ifn, syncid,
+sync_maxlen, mcast_group, mcast_port, mcast_ttl as the kernel stores them
+(start_sync_thread: defaults group 224.0.0.81, port 8848, ttl 1;
+sync_maxlen clamped to [1, 65507] for a master, [1024, 65507] for a backup,
+else 1500 - 28 for a master and the interface MTU (clamped to [1500, 65535])
+- 28 for a backup); the engine's sync (lvs/sync.py) acts on them, the
+daemon opens the sockets (lvs/daemon.py). The multicast interface must exist when
 the engine has an ``interfaces`` attribute (a dict name -> MTU: what the
 director's network namespace has; "No such device" otherwise, as the kernel
 says for ENODEV); without one, any name is taken, with the MTU engine.mtu.
@@ -322,11 +323,7 @@ def _list(engine, pa, io):
 # ---------------------------------------------------------------- sync daemons
 
 def _daemons(engine):
-    daemons = getattr(engine, "sync_daemons", None)
-    if daemons is None:
-        daemons = {}
-        engine.sync_daemons = daemons
-    return daemons
+    return engine.sync_daemons
 
 
 def _interface_mtu(engine, name):
@@ -364,6 +361,7 @@ def start_daemon(engine, pa):
         "mcast_port": pa.mcast_port or IP_VS_SYNC_PORT,
         "mcast_ttl": pa.mcast_ttl or 1,
     }
+    engine.sync_started(state)
 
 
 def stop_daemon(engine, state):
@@ -372,11 +370,12 @@ def stop_daemon(engine, state):
     if state not in daemons:
         raise ConfigError(NO_DAEMON_TEXT)
     del daemons[state]
+    engine.sync_stopped(state)
 
 
 def list_daemons(engine):
     """``ipvsadm -L --daemon`` (list_daemon): the master first, then the backup."""
-    daemons = getattr(engine, "sync_daemons", None) or {}
+    daemons = engine.sync_daemons
     lines = []
     for state in DAEMON_STATES:
         d = daemons.get(state)

@@ -4,10 +4,15 @@ Defaults are the kernel's (ip_vs_ctl.c ip_vs_control_net_init_sysctl,
 ip_vs_lblc.c, ip_vs_lblcr.c). Every name the kernel has is accepted so that a
 sysctl dump loads; HONOURED lists the ones whose behaviour the engine reproduces.
 The others are stored and shown but change nothing (they govern memory
-pressure, conntrack, sync or routing, none of which exists here).
+pressure, conntrack or routing, none of which exists here; sync_ports and
+sync_sock_size: one sync socket per daemon, of the host's default size).
 """
 
 from .errors import ConfigError
+
+# The kernel's default is nr_free_buffer_pages() / 32, which depends on the
+# machine's memory; this is its value in the oracle VM (Debian's 6.1).
+SYNC_QLEN_MAX = 15191
 
 DEFAULTS = {
     "am_droprate": 10,
@@ -34,7 +39,7 @@ DEFAULTS = {
     "snat_reroute": 1,
     "sync_persist_mode": 0,
     "sync_ports": 1,
-    "sync_qlen_max": 0,
+    "sync_qlen_max": SYNC_QLEN_MAX,
     "sync_refresh_period": 0,
     "sync_retries": 0,
     "sync_sock_size": 0,
@@ -46,7 +51,8 @@ HONOURED = frozenset({
     "conn_reuse_mode", "expire_nodest_conn", "expire_quiescent_template",
     "nat_icmp_send", "secure_tcp", "sloppy_tcp", "schedule_icmp", "cache_bypass",
     "drop_packet", "am_droprate", "lblc_expiration", "lblcr_expiration",
-    "run_estimation", "pmtu_disc",
+    "run_estimation", "pmtu_disc", "sync_threshold", "sync_version", "sync_refresh_period",
+    "sync_retries", "sync_persist_mode", "sync_qlen_max", "backup_only",
 })
 
 # Ranges the kernel's handlers enforce (proc_dointvec_minmax, proc_do_defense_mode).
@@ -88,6 +94,8 @@ class EngineConfig:
                 parsed = int(value)
         except (TypeError, ValueError):
             raise ConfigError("invalid value %r for sysctl %s" % (value, name)) from None
+        if name == "sync_threshold" and (min(parsed) < 0 or (parsed[0] >= parsed[1] and parsed[1])):
+            raise ConfigError("invalid value %r for sysctl %s" % (value, name))  # proc_do_sync_threshold
         lo_hi = _RANGES.get(name)
         if lo_hi and not lo_hi[0] <= parsed <= lo_hi[1]:
             raise ConfigError("invalid value %r for sysctl %s" % (value, name))

@@ -11,7 +11,9 @@ with lazy deletion replaces the kernel's per-connection timers.
 
 import heapq
 
-from .flags import IP_VS_CONN_F_INACTIVE, IP_VS_CONN_F_TEMPLATE
+from .flags import (IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_INACTIVE, IP_VS_CONN_F_NOOUTPUT,
+                    IP_VS_CONN_F_SYNC, IP_VS_CONN_F_TEMPLATE)
+from .tables import HZ
 
 IP_VS_CTPL_S_ASSURED = 0x0001
 
@@ -21,7 +23,7 @@ class Connection:
         "protocol", "caddr", "cport", "vaddr", "vport", "daddr", "dport",
         "fwmark", "flags", "state", "timeout", "expires", "dest",
         "control", "n_control", "seq", "in_pkts", "heap_at", "dead",
-        "deltas", "fast",
+        "deltas", "fast", "old_state", "sync_endtime",
     )
 
     def __init__(self, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, fwmark, seq):
@@ -46,6 +48,7 @@ class Connection:
         self.dead = False
         self.deltas = None     # NAT's checksum deltas, computed once (forwarders/nat.py)
         self.fast = None       # its fast path key (bytes), or keys (a tuple): lvs/fastpath.py
+        # old_state and sync_endtime are set only while a sync master runs (lvs/sync.py)
 
     @property
     def is_template(self):
@@ -72,6 +75,7 @@ class ConnTable:
         self._heap = []
         self._seq = 0
         self.fast = None        # the engine's FastPath, told when the lookup tables change
+        self.sync_clock = False  # a sync master ran: connections note their sync time
 
     def __len__(self):
         return len(self.conns)
@@ -80,15 +84,10 @@ class ConnTable:
         """ip_vs_conn_new: create, bind to dest (counters), hash."""
         self._seq += 1
         cp = Connection(protocol, caddr, cport, vaddr, vport, daddr, dport, flags, fwmark, self._seq)
+        if self.sync_clock:
+            cp.sync_endtime = int(now * HZ) & ~3
         if dest is not None:
-            # ip_vs_bind_dest: the connection takes the dest's flags (method,
-            # NOOUTPUT, INACTIVE) and is counted at once.
-            cflags = dest.conn_flags
-            if protocol != 17:
-                cflags &= ~0x2000  # ONE_PACKET is for UDP only
-            cp.flags |= cflags
-            cp.dest = dest
-            dest.bind(bool(cp.flags & IP_VS_CONN_F_TEMPLATE), bool(cp.flags & IP_VS_CONN_F_INACTIVE))
+            self.bind_dest(cp, dest)
         self.conns[cp.seq] = cp
         cp.expires = now + cp.timeout
         if not flags & 0x2000:
@@ -97,6 +96,22 @@ class ConnTable:
             self.hash(cp)
             self._push(cp)
         return cp
+
+    @staticmethod
+    def bind_dest(cp, dest):
+        """ip_vs_bind_dest: the connection takes the dest's flags (method,
+        NOOUTPUT, INACTIVE) and is counted at once. One made by sync keeps the
+        activity it was sent with and takes this side's method."""
+        cflags = dest.conn_flags
+        if cp.protocol != 17:
+            cflags &= ~0x2000  # ONE_PACKET is for UDP only
+        if cp.flags & IP_VS_CONN_F_SYNC:
+            if not cp.flags & IP_VS_CONN_F_TEMPLATE:
+                cflags &= ~IP_VS_CONN_F_INACTIVE
+            cp.flags &= ~(IP_VS_CONN_F_FWD_MASK | IP_VS_CONN_F_NOOUTPUT)
+        cp.flags |= cflags
+        cp.dest = dest
+        dest.bind(bool(cp.flags & IP_VS_CONN_F_TEMPLATE), bool(cp.flags & IP_VS_CONN_F_INACTIVE))
 
     def hash(self, cp):
         if cp.flags & IP_VS_CONN_F_TEMPLATE:

@@ -107,6 +107,9 @@ class PacketPath:
             # The last service gone, IPVS unregisters its hooks (ip_vs_del_service):
             # packets, replies to surviving connections included, pass it by.
             return self.count_drop("no_service")
+        if self.config.backup_only and "backup" in self.sync_daemons:
+            # sysctl_backup_only: a backup that only syncs lets every packet by.
+            return self.count_drop("backup_only")
         buf = bytearray(packet[:tot_len])  # ip_rcv trims link-layer padding
         if ((buf[6] << 8) | buf[7]) & 0x3FFF:
             # IPVS sees datagrams, not fragments: conntrack's defrag hook
@@ -169,7 +172,16 @@ class PacketPath:
         self._set_state(cp, buf, ihl, proto_tcp.DIR_INPUT)
         if self.transmit(cp, buf, ihl):
             self.resolved = proto_tcp.DIR_INPUT
-        cp.in_pkts += 1
+        # The packet count, and the backups told if it is time (lvs/sync.py).
+        if cp.flags & IP_VS_CONN_F_ONE_PACKET:
+            pkts = config.sync_threshold[0]
+        else:
+            cp.in_pkts += 1
+            pkts = cp.in_pkts
+        if self.sync_master is not None:
+            self.sync_conn(cp, pkts)
+        elif cp.flags & IP_VS_CONN_F_ONE_PACKET and cp.control is not None:
+            cp.control.in_pkts += 1
         self._conn_put(cp)
 
     def _conn_reuse(self, cp):
@@ -252,14 +264,17 @@ class PacketPath:
             ct.state |= IP_VS_CTPL_S_ASSURED
 
     def _service_find(self, proto, daddr, dport):
+        """ip_vs_service_find for a packet: its firewall mark, if any, first."""
+        mark = self.fwmark(proto, daddr, dport) if self.fwmark is not None else 0
+        return self._service_by_mark(mark, proto, daddr, dport)
+
+    def _service_by_mark(self, mark, proto, daddr, dport):
         """ip_vs_service_find: fwmark first, then the exact service, FTP, port zero."""
         services = self.services
-        if self.fwmark is not None:
-            mark = self.fwmark(proto, daddr, dport)
-            if mark:
-                svc = services.get(("f", mark))
-                if svc is not None:
-                    return svc
+        if mark:
+            svc = services.get(("f", mark))
+            if svc is not None:
+                return svc
         svc = services.get((proto, daddr, dport))
         if svc is None and proto == IPPROTO_TCP and (dport == 20 or dport >= 1024):
             # The packet may be an FTP data connection (inet_port_requires_bind_service).

@@ -15,6 +15,7 @@ kernel's files finds each counterpart:
   lvs/tables.py     Tables: ip_vs_ctl.c -- what lvsadm asks (apply)
   lvs/timers.py     Timers: ip_vs_conn.c's expiry and ip_vs_est.c -- expire()
   lvs/icmp_send.py  IcmpSender: net/ipv4/icmp.c's icmp_send and its rate limits
+  lvs/sync.py       Sync: ip_vs_sync.c -- the master's send rules, the backup's install
   here              the state they share, and the views listings read
 
 A malformed packet is dropped and counted under a named reason; nothing a
@@ -33,6 +34,7 @@ from .fastpath import FastPath, enabled_by_default
 from .flags import IP_VS_CONN_F_TEMPLATE, IPPROTO_TCP, IPPROTO_UDP
 from .icmp_send import ICMP_MSGS_BURST, IcmpSender
 from .stats import ESTIMATOR_PERIOD, Stats
+from .sync import Sync
 from .tables import Tables
 from .timers import Timers
 
@@ -40,7 +42,7 @@ UDP_TIMEOUT = 5 * 60
 CONN_TAB_SIZE = 4096
 
 
-class Engine(PacketPath, IcmpSender, Tables, Timers):
+class Engine(PacketPath, IcmpSender, Tables, Timers, Sync):
     """One director's IPVS: services, real servers, connections, counters and timers."""
 
     def __init__(self, config=None, seed=0, director_addr=None, mtu=1500, fwmark=None, fastpath=None):
@@ -77,6 +79,7 @@ class Engine(PacketPath, IcmpSender, Tables, Timers):
         self.touched = None                 # the connection the last packet found
         self.resolved = None                # and the direction it was sent in
         self.generation = 0                 # moves with every table change (lvs/tables.py)
+        self._sync_init()
         self.fast = None
         self.set_fastpath(enabled_by_default() if fastpath is None else fastpath)
 

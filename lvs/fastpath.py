@@ -100,6 +100,7 @@ class FastPath:
         from_bytes = int.from_bytes
         hits = 0
         dirty = False
+        sync = engine.sync_master is not None
         for p in packets:
             if dirty:
                 # The general path ran: timers may be due again, tables may have moved.
@@ -167,6 +168,8 @@ class FastPath:
             acc[1] += tot
             if inbound:
                 cp.in_pkts += 1
+                if sync:
+                    engine.sync_conn(cp, cp.in_pkts)
             cp.expires = now + timeout
             hits += 1
         self.hits += hits

@@ -18,7 +18,8 @@ class Timers:
     def next_deadline(self):
         """When expire() next has work to do (connection, fragment and estimator timers)."""
         times = [t for t in (self.conntab.next_deadline(), self.defrag.next_deadline(),
-                             self._next_estimate, self._trash_timer, self._nodest_flush)
+                             self._next_estimate, self._trash_timer, self._nodest_flush,
+                             self.sync_deadline())
                  if t is not None]
         return min(times) if times else None
 
@@ -96,6 +97,8 @@ class Timers:
         if cp.n_control:
             # A template that still controls connections is kept 60 s more.
             cp.timeout = TEMPLATE_EXPIRE_LATER
+            if self.sync_master is not None:
+                self.sync_conn(cp, self.config.sync_threshold[0])
             self.conntab.refresh(cp, now)
             return
         self.conntab.remove(cp)

@@ -478,7 +478,7 @@ def test_daemons_without_an_interface_table():
     """An engine that does not say which interfaces exist takes any name
     (ipvsadm's default eth0 too), with the engine's MTU."""
     eng = Engine(mtu=9000)
-    assert not hasattr(eng, "sync_daemons")
+    assert eng.sync_daemons == {}
     assert adm.run(eng, ["--start-daemon", "master"]) == ("", "", 0)
     assert adm.run(eng, ["--start-daemon", "backup", "--syncid", "3"]) == ("", "", 0)
     assert adm.run(eng, ["-L", "--daemon"])[0] == (
