@@ -274,7 +274,8 @@ def _ipv6_refusal(engine, pa, io):
 
 def command_kind(argv, prog=PROG):
     """What a command line does to the tables, for a daemon with workers
-    (lvs/fanout.py): "change" (every process carries it out), "connections" or
+    (lvs/fanout.py): "change" (every process carries it out), "daemon" (the sync
+    daemons: not with workers), "connections" or
     "services" (listings that add up every process), "local" (the rest: help,
     save, timeouts, refused lines; the daemon alone answers)."""
     if not argv:
@@ -292,6 +293,8 @@ def command_kind(argv, prog=PROG):
         return "services"
     if cmd in (rules.HELP, rules.VERSION, "save"):
         return "local"
+    if cmd in ("start-daemon", "stop-daemon"):
+        return "daemon"
     return "change"
 
 

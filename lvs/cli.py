@@ -19,7 +19,7 @@ def _replay(args):
 
 def _daemon(args):
     from . import ctl
-    from .daemon import DaemonError, start, stop
+    from .daemon import DaemonError, own_vips, start, stop
     from .daemon import cleanup
     path = ctl.socket_path(args.socket)
     ifaces = [name for item in args.iface for name in item.split(",") if name]
@@ -28,9 +28,11 @@ def _daemon(args):
             return cleanup(args.state_file)
         if args.stop:
             return stop(path)
+        if args.own_vips or args.release_vips:
+            return own_vips(path, args.own_vips)
         return start(path, args.rules, args.feed, detach=args.detach, clock=args.clock,
                      ifaces=ifaces, state_path=args.state_file, log_path=args.log,
-                     ring=not args.no_ring, workers=args.workers)
+                     ring=not args.no_ring, workers=args.workers, standby=args.standby)
     except DaemonError as e:
         sys.stderr.write("lvs daemon: %s\n" % e)
         return 1
@@ -83,6 +85,13 @@ def build_parser():
     dp.add_argument("--workers", type=int, default=1, metavar="N",
                     help="with --iface: N processes share the interfaces (PACKET_FANOUT by client "
                          "address); listings add them up (default 1)")
+    dp.add_argument("--standby", action="store_true",
+                    help="with --iface: start without answering ARP for the VIPs (a backup director)")
+    dp.add_argument("--own-vips", action="store_true",
+                    help="tell the running daemon to answer ARP for its VIPs, announced by "
+                         "gratuitous ARP (a takeover)")
+    dp.add_argument("--release-vips", action="store_true",
+                    help="tell the running daemon to stop answering ARP for its VIPs")
     dp.add_argument("--cleanup", action="store_true",
                     help="undo the host changes of a daemon that was killed (from its state file)")
     dp.set_defaults(func=_daemon)

@@ -51,6 +51,7 @@ class Daemon:
         self.workers = None      # the daemon's fanout.Workers, once forked
         self.worker_index = 0    # 0: the daemon itself
         self._extra_reader = None  # a worker's channel to the daemon
+        self.sync_socks = {}     # "master"/"backup" -> (settings, socket): lvs/ports/mcast.py
 
     # ---------------------------------------------------------------- clock
 
@@ -147,7 +148,8 @@ class Daemon:
                     if self.workers else [os.getpid()]}
         if op == "stats":
             answer = {"drops": dict(self.engine.drops),
-                      "director": self.director.stats() if self.director is not None else None}
+                      "director": self.director.stats() if self.director is not None else None,
+                      "sync": dict(self.engine.sync_stats)}
             if self.workers:
                 answer = _sum_stats([answer] + self.workers.ask(message))
             return answer
@@ -158,17 +160,33 @@ class Daemon:
         if op == "stop":
             self.stopping = True
             return {"stopping": True}
+        if op == "vips":
+            # A standby director's switch (keepalived's notify scripts): own the VIPs or not.
+            if self.director is None:
+                return {"error": "no live data plane (--iface): no VIPs to own"}
+            own = bool(message.get("own"))
+            sent = self.director.own_vips(own)
+            if self.workers:
+                self.workers.ask(message)
+            return {"owner": own, "gratuitous_arp": sent}
         if op == "adm":
             from . import adm
             self.tick()
             argv = message.get("argv")
             if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
                 return {"error": "argv must be a list of strings"}
+            self.engine.interfaces = _interfaces()
             if self.workers:
+                if adm.command_kind(argv, message.get("prog") or "ipvsadm") == "daemon":
+                    return {"stdout": "", "status": 255, "stderr": "lvs daemon: the sync daemons "
+                            "are not available with --workers\n"}
                 return self._adm_everywhere(message, argv)
             out, err, status = adm.run(self.engine, argv, message.get("stdin"),
                                        prog=message.get("prog") or "ipvsadm")
             self._follow()
+            failure = self._follow_sync()
+            if failure:
+                err, status = err + failure + "\n", 255
             return {"stdout": out, "stderr": err, "status": status}
         if op == "replace":
             # lvsadm-restore: ipvsadm -C then -R, but only once the whole input
@@ -184,6 +202,9 @@ class Daemon:
                 if self.workers:
                     self.workers.ask(message)
                 self._follow()
+                failure = self._follow_sync()
+                if failure:
+                    err, status = err + failure + "\n", 255
             return {"stdout": out, "stderr": err, "status": status}
         if op == "feed":
             if self.workers:
@@ -270,6 +291,9 @@ class Daemon:
                 loop.add_reader(port, self._port_reader(port))
             loop.add_timer(director.next_deadline, director.timers)
         loop.add_timer(self.engine.next_deadline, self._expire)
+        loop.add_timer(self.engine.sync_deadline, self._sync_send)
+        if "backup" in self.sync_socks:
+            loop.add_reader(self.sync_socks["backup"][1], self._sync_read)
         if self._extra_reader is not None:
             loop.add_reader(*self._extra_reader)
         try:
@@ -340,6 +364,68 @@ class Daemon:
             if len(self.engine.trash) != trash:
                 self._follow()  # a NAT server left the trash: its replies are no longer ours
 
+    # ---------------------------------------------------------------- sync daemons
+
+    def _follow_sync(self):
+        """After a command: open or close the sync sockets the engine's daemons need.
+        Returns the error text if one cannot be opened (the daemon is then stopped)."""
+        from .ports.mcast import SyncSocketError, receive_socket, send_socket
+        daemons = self.engine.sync_daemons
+        for state in ("master", "backup"):
+            cfg = daemons.get(state)
+            have = self.sync_socks.get(state)
+            if have is not None and have[0] is not cfg:
+                self._close_sync(state)
+                have = None
+            if cfg is None or have is not None:
+                continue
+            try:
+                sock = (send_socket if state == "master" else receive_socket)(cfg)
+            except (SyncSocketError, OSError, ValueError) as e:
+                del daemons[state]
+                self.engine.sync_stopped(state)
+                self.log("lvs daemon: the %s sync daemon cannot start: %s" % (state, e))
+                return str(e)
+            self.sync_socks[state] = (cfg, sock)
+            if state == "backup" and self.loop is not None:
+                self.loop.add_reader(sock, self._sync_read)
+            self.log("lvs daemon: %s sync daemon started (mcast=%s, syncid=%d, group=%s:%d)"
+                     % (state, cfg["mcast_ifn"], cfg["syncid"], cfg["mcast_group"], cfg["mcast_port"]))
+        return None
+
+    def _close_sync(self, state):
+        cfg, sock = self.sync_socks.pop(state)
+        if state == "backup" and self.loop is not None:
+            self.loop.remove_reader(sock)
+        sock.close()
+        self.log("lvs daemon: %s sync daemon stopped" % state)
+
+    def _sync_send(self, now):
+        have = self.sync_socks.get("master")
+        messages = self.engine.sync_take(now)
+        if have is None:
+            return
+        for m in messages:
+            try:
+                have[1].send(m)
+            except OSError:
+                self.engine.sync_stats["sync_send_failed"] += 1
+
+    def _sync_read(self):
+        have = self.sync_socks.get("backup")
+        if have is None:
+            return
+        cfg, sock = have
+        for _ in range(64):  # bounded: packets and commands wait for no flood
+            try:
+                data = sock.recv(cfg["sync_maxlen"])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.engine.sync_stats["sync_receive_failed"] += 1
+                return
+            self.engine.sync_receive(data, self.now())
+
     def _follow(self):
         """After a command: the live side follows the tables (ARP, nftables)."""
         if self.director is not None:
@@ -375,6 +461,8 @@ class Daemon:
             self.changes = None
 
     def close(self):
+        for state in list(self.sync_socks):
+            self._close_sync(state)
         if self.workers is not None:
             self.workers.stop()
             self.workers = None
@@ -389,8 +477,10 @@ class Daemon:
 
 
 def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic", out=sys.stdout,
-          ifaces=(), state_path=None, log_path=None, ring=True, workers=1):
+          ifaces=(), state_path=None, log_path=None, ring=True, workers=1, standby=False):
     """`lvs daemon`: returns the exit status."""
+    if standby and not ifaces:
+        raise DaemonError("--standby needs --iface: it is about answering ARP for the VIPs")
     if not 1 <= workers <= 64:
         raise DaemonError("--workers: 1 to 64")
     if workers > 1 and not ifaces:
@@ -430,6 +520,7 @@ def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic",
         except (HostError, OSError) as e:
             daemon.close()
             raise DaemonError(str(e))
+        daemon.director.vip_owner = not standby
     if not detach:
         daemon.serve_forever()
         return 0
@@ -468,6 +559,22 @@ def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic",
     raise DaemonError("no answer on %s within 10 s" % path)
 
 
+def _interfaces():
+    """This namespace's interfaces and their MTUs (for --mcast-interface)."""
+    found = {}
+    try:
+        names = os.listdir("/sys/class/net")
+    except OSError:
+        return None
+    for name in names:
+        try:
+            with open("/sys/class/net/%s/mtu" % name) as f:
+                found[name] = int(f.read())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def _sum_stats(answers):
     """The daemon's and its workers' "stats" answers added up, and each kept."""
     drops, director = {}, {}
@@ -499,6 +606,19 @@ def cleanup(state_path=None, out=sys.stdout):
     if failures:
         return 1
     out.write("lvs daemon: host restored from %s\n" % path)
+    return 0
+
+
+def own_vips(path, own, out=sys.stdout):
+    """`lvs daemon --own-vips/--release-vips`: switch the running daemon's VIP ownership."""
+    try:
+        answer = ctl.request(path, {"op": "vips", "own": own}, timeout=5.0)
+    except ctl.NoDaemon:
+        raise DaemonError("no daemon running on %s" % path)
+    if "error" in answer:
+        raise DaemonError(answer["error"])
+    out.write("lvs daemon: VIPs %s%s\n" % ("owned" if own else "released",
+              " (%d gratuitous ARP)" % answer["gratuitous_arp"] if own else ""))
     return 0
 
 

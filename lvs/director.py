@@ -78,6 +78,7 @@ class Director:
                        if fanout else None)
         self.fanout_program = None
         self.worker = False         # a forked worker: no host changes, no ARP answers
+        self.vip_owner = True       # False on a standby director: the VIPs' ARP is another's
         self.ifnames = list(ifnames)
         self.changes = changes
         self.log = log
@@ -208,6 +209,23 @@ class Director:
                 fanout_mod.set_program(self.by_name[name].sock, prog)
             self.fanout_program = prog
 
+    def own_vips(self, own):
+        """Answer ARP for the VIPs (a takeover: announced at once by gratuitous
+        ARP, so that hosts on the segment send to us now) or leave them to another."""
+        self.vip_owner = own
+        if not own or self.worker:
+            return 0
+        sent = 0
+        for port in self.ports:
+            if port.name not in self.by_name or self.by_name[port.name] is not port:
+                continue  # with fanout: the ARP port of the same interface sends nothing
+            for vip in sorted(self.vips):
+                port.send(arp.request(port.mac, vip, vip))
+                sent += 1
+        self.counters["gratuitous_arp"] = self.counters.get("gratuitous_arp", 0) + sent
+        self.log("lvs daemon: the VIPs are ours (%d gratuitous ARP sent)" % sent)
+        return sent
+
     # ------------------------------------------------------------ packets in
 
     def receive(self, port, frames, now):
@@ -252,7 +270,7 @@ class Director:
         op, sha, spa, tpa = parsed
         if spa == b"\0\0\0\0":
             return  # an address probe (RFC 5227): nothing to learn, nothing to answer
-        for_us = op == arp.ARPOP_REQUEST and tpa in self.vips
+        for_us = op == arp.ARPOP_REQUEST and tpa in self.vips and self.vip_owner
         for body in self.neigh.learn(spa, sha, port.name, now, create=for_us):
             self._emit(port, sha, body)
         if for_us and not self.worker:
@@ -347,6 +365,7 @@ class Director:
     def stats(self):
         out = dict(self.counters)
         out["neigh_failed"] = self.neigh.failed
+        out["vip_owner"] = int(self.vip_owner)
         for port in self.ports:
             name = port.name + ("_arp" if port.protocol == ETH_P_ARP else "")
             for k, v in port.counters.items():

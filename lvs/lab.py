@@ -58,6 +58,8 @@ PREFIXLEN = 24
 CLIENT_IP = "198.51.100.1"
 VIP = "198.51.100.2"
 DIRECTOR_IP = "198.51.100.3"
+DIRECTOR2_IP = "198.51.100.4"   # the second director of a failover pair (directors=2)
+DIRECTOR_ROLES = ("director", "director2")
 FIRST_SERVER = 10         # rs1 is 198.51.100.10, rs2 .11, ...
 MAX_SERVERS = 90
 IFACE = "eth0"            # every host's interface, inside its own namespace
@@ -234,7 +236,7 @@ def remove_namespaces(names, log=None, helpers=True):
         commands = []
         for n in names:
             role = _role_of(n)
-            if role == "director":
+            if role in DIRECTOR_ROLES:
                 commands.append((n, _lvs_argv("daemon", "--stop")))
             elif re.match(r"rs\d+$", role):
                 commands.append((n, _lvs_argv("realserver", "--down")))
@@ -243,8 +245,8 @@ def remove_namespaces(names, log=None, helpers=True):
         _end_pids(_netns_pids(n), log)
     if helpers:
         # A daemon that had to be killed left its journal: undo it (a no-op when none is left).
-        _parallel([(n, _lvs_argv("daemon", "--cleanup")) for n in names if _role_of(n) == "director"],
-                  20.0, log)
+        _parallel([(n, _lvs_argv("daemon", "--cleanup")) for n in names
+                   if _role_of(n) in DIRECTOR_ROLES], 20.0, log)
     # Hosts first, the switch last: a host's veth pair goes with its namespace.
     for n in sorted(names, key=lambda n: _role_of(n) == "switch"):
         r = _ip("netns", "delete", n, check=False)
@@ -342,7 +344,7 @@ class Topology:
     Roles are 'client', 'director', 'rs1'..'rsN' and 'switch'.
     """
 
-    def __init__(self, tag=DEFAULT_TAG, servers=3, ipv6=False, log=None):
+    def __init__(self, tag=DEFAULT_TAG, servers=3, ipv6=False, log=None, directors=1):
         _check_tag(tag)
         if not 1 <= servers <= MAX_SERVERS:
             raise ValueError("servers: 1 to %d" % MAX_SERVERS)
@@ -353,6 +355,8 @@ class Topology:
         self.vip = VIP
         self.servers = ["rs%d" % i for i in range(1, servers + 1)]
         hosts = [("client", CLIENT_IP), ("director", DIRECTOR_IP)]
+        if directors == 2:
+            hosts.append(("director2", DIRECTOR2_IP))
         hosts += [(rs, "198.51.100.%d" % (FIRST_SERVER + i)) for i, rs in enumerate(self.servers)]
         self.hosts = collections.OrderedDict(
             (role, Host(role, self.prefix + role, ip, IFACE, "sw-" + role)) for role, ip in hosts)
@@ -360,7 +364,7 @@ class Topology:
         self.workdir = workdir_for(tag)
         self.built = False
         self._procs = []             # (Popen, what) of every process we started
-        self._daemon = False         # lvs daemon was started in the director
+        self._daemons = set()        # the directors where lvs daemon was started
         self._realservers = set()    # roles where `lvs realserver` ran
         self._touched = False        # build() began: there is something to tear down
         self._torn_down = False
@@ -456,8 +460,8 @@ class Topology:
             self._end(p, what)
         self._procs = []
         commands = []
-        if self._daemon:
-            commands.append((self.netns("director"), _lvs_argv("daemon", "--stop")))
+        for role in sorted(self._daemons):
+            commands.append((self.netns(role), _lvs_argv("daemon", "--stop")))
         for role in sorted(self._realservers):
             commands.append((self.netns(role), _lvs_argv("realserver", "--down")))
         if commands:
@@ -465,12 +469,13 @@ class Topology:
         mine = [n for n in self.namespaces() if n in set(list_namespaces())]
         for n in mine:
             _end_pids(_netns_pids(n), self.log)
-        if self._daemon:
-            _parallel([(self.netns("director"), _lvs_argv("daemon", "--cleanup"))], 20.0, self.log)
+        if self._daemons:
+            _parallel([(self.netns(role), _lvs_argv("daemon", "--cleanup")) for role in self._daemons],
+                      20.0, self.log)
         left = remove_namespaces(mine, self.log, helpers=False)
         if os.path.isdir(self.workdir):
             shutil.rmtree(self.workdir, ignore_errors=True)
-        self._daemon = False
+        self._daemons = set()
         self._realservers = set()
         self.built = False
         self._torn_down = True
@@ -559,29 +564,29 @@ class Topology:
         """`python -m lvs ARGS` in a host's namespace, with our interpreter."""
         return self.run(role, _lvs_argv(*args), timeout=timeout)
 
-    def lvsadm(self, *args, timeout=30, input=None):
-        """lvsadm ARGS in the director (the daemon of its namespace answers)."""
-        return self.run("director", [sys.executable, "-c", _LVSADM] + list(args), timeout=timeout,
+    def lvsadm(self, *args, timeout=30, input=None, role="director"):
+        """lvsadm ARGS in a director (the daemon of its namespace answers)."""
+        return self.run(role, [sys.executable, "-c", _LVSADM] + list(args), timeout=timeout,
                         input=input)
 
     def lvsadm_save(self, *args, timeout=30):
         return self.run("director", [sys.executable, "-c", _LVSADM_SAVE] + list(args), timeout=timeout)
 
-    def start_daemon(self, *extra, log_path=None, timeout=30):
-        """`lvs daemon --iface eth0 --detach` in the director; LabError if it does not start."""
+    def start_daemon(self, *extra, log_path=None, timeout=30, role="director"):
+        """`lvs daemon --iface eth0 --detach` in a director; LabError if it does not start."""
         args = ["daemon", "--iface", IFACE, "--detach"]
         if log_path:
             args += ["--log", log_path]
-        self._daemon = True
-        r = self.lvs("director", *(args + list(extra)), timeout=timeout)
+        self._daemons.add(role)
+        r = self.lvs(role, *(args + list(extra)), timeout=timeout)
         if r.returncode != 0:
             raise LabError("lvs %s: %s" % (" ".join(args), (r.stderr or r.stdout).strip()))
         return r
 
-    def stop_daemon(self, timeout=30):
-        r = self.lvs("director", "daemon", "--stop", timeout=timeout)
+    def stop_daemon(self, timeout=30, role="director"):
+        r = self.lvs(role, "daemon", "--stop", timeout=timeout)
         if r.returncode == 0:
-            self._daemon = False
+            self._daemons.discard(role)
         return r
 
     def realserver_argv(self, role, method):

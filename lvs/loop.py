@@ -28,6 +28,9 @@ class Loop:
         """callback() runs when fileobj is readable."""
         self.sel.register(fileobj, selectors.EVENT_READ, callback)
 
+    def remove_reader(self, fileobj):
+        self.sel.unregister(fileobj)
+
     def add_timer(self, deadline, callback):
         self.deadlines.append(deadline)
         self.on_timer.append(callback)

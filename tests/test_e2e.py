@@ -238,7 +238,7 @@ def test_persistence_keeps_a_client_on_one_server(lab, adm):
     # controlled by its template, so a later SYN from a reused client port would
     # not be rescheduled (conn_reuse_mode spares controlled entries) but dropped
     # at the server that went to the trash with -C.
-    client = "198.51.100.4"
+    client = "198.51.100.201"
     lab.run("client", ["ip", "addr", "add", client + "/24", "dev", "eth0"], check=True)
     adm("-A", "-t", VIP + ":80", "-s", "rr", "-p", "60")
     add_all(adm, ports=HTTP_PORT)
@@ -317,7 +317,7 @@ def test_servers_added_and_deleted_under_load(lab, adm):
     # their services (in FIN_WAIT, say, which conn_reuse_mode 1 does not
     # reschedule), and a SYN from a reused client port that finds one whose
     # server went to the trash is dropped, as the kernel drops it.
-    client = "198.51.100.5"
+    client = "198.51.100.202"
     lab.run("client", ["ip", "addr", "add", client + "/24", "dev", "eth0"], check=True)
     adm("-A", "-t", VIP + ":80", "-s", "rr")
     adm("-a", "-t", VIP + ":80", "-r", "198.51.100.12:12", "-m")
@@ -451,7 +451,7 @@ def test_the_daemon_stops_and_cleans_up_when_its_interface_goes_away():
         before = host_state(topo, "director")
         topo.start_daemon(log_path=os.path.join(topo.workdir, "gone.log"))
         pid = daemon_pid(topo)
-        topo._daemon = False  # it will be gone: teardown need not stop it
+        topo._daemons.discard("director")  # it will be gone: teardown need not stop it
         # A link that goes down and up again is survived.
         topo.run("director", ["ip", "link", "set", "eth0", "down"], check=True)
         topo.run("director", ["ip", "link", "set", "eth0", "up"], check=True)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("scapy.all")
-from scapy.layers.inet import IP, TCP, UDP  # noqa: E402
+from scapy.layers.inet import IP, TCP  # noqa: E402
 
 from lvs import adm, syncmsg  # noqa: E402
 from lvs.engine import Engine  # noqa: E402
