@@ -15,9 +15,14 @@ answers with one JSON object and a newline, and closes. Version 1:
       -> {"pylvs": 1, "status": 0, "packets": N, "sent": N, "drops": {...}}
       a capture run through the engine as `lvs replay` runs it.
   {"pylvs": 1, "op": "stats"}
-      -> {"pylvs": 1, "drops": {...}, "director": {...} or null}
-      the engine's drop counters and, with --iface, the live side's counters
-      (ARP answers, frames to the engine, sent, ring drops per port...).
+      -> {"pylvs": 1, "drops": {...}, "director": {...} or null, "sync": {...}}
+      the engine's drop counters, with --iface the live side's counters
+      (ARP answers, frames to the engine, sent, ring drops per port, vip_owner...),
+      and the sync daemons' counters (lvs/sync.py, lvs/syncmsg.py's REASONS).
+  {"pylvs": 1, "op": "vips", "own": true|false}
+      -> {"pylvs": 1, "owner": bool, "gratuitous_arp": N}
+      answer ARP for the VIPs (announced by gratuitous ARP) or leave them to
+      another director: `lvs daemon --own-vips/--release-vips`.
   {"pylvs": 1, "op": "ping"}  -> {"pylvs": 1, "pid": N, "version": "..."}
   {"pylvs": 1, "op": "stop"}  -> {"pylvs": 1, "stopping": true}
 
