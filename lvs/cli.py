@@ -96,9 +96,10 @@ def build_parser():
                     help="undo the host changes of a daemon that was killed (from its state file)")
     dp.set_defaults(func=_daemon)
 
-    from . import lab, realserver
+    from . import ha, lab, realserver
     realserver.add_subparser(sub)
     lab.add_subparser(sub)
+    ha.add_subparser(sub)
     return parser
 
 

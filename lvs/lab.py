@@ -60,6 +60,9 @@ VIP = "198.51.100.2"
 DIRECTOR_IP = "198.51.100.3"
 DIRECTOR2_IP = "198.51.100.4"   # the second director of a failover pair (directors=2)
 DIRECTOR_ROLES = ("director", "director2")
+GATEWAY_IP = "198.51.100.254"   # a pair's NAT gateway: keepalived moves it with the master
+SYNCID = 5                      # a pair's sync daemons
+VRRP_ID = 51
 FIRST_SERVER = 10         # rs1 is 198.51.100.10, rs2 .11, ...
 MAX_SERVERS = 90
 IFACE = "eth0"            # every host's interface, inside its own namespace
@@ -589,10 +592,15 @@ class Topology:
             self._daemons.discard(role)
         return r
 
+    @property
+    def pair(self):
+        return "director2" in self.hosts
+
     def realserver_argv(self, role, method):
         args = ["realserver", "--method", method, "--vip", self.vip, "--iface", IFACE]
         if method == "nat":
-            args += ["--director", DIRECTOR_IP]
+            # A pair's NAT servers route through the address the VRRP master holds.
+            args += ["--director", GATEWAY_IP if self.pair else DIRECTOR_IP]
         if method == "tunnel":
             args.append("--detach")   # the decapsulator keeps running
         return args
@@ -605,6 +613,51 @@ class Topology:
         if r.returncode != 0:
             raise LabError("%s: lvs %s: %s" % (role, " ".join(args), (r.stderr or r.stdout).strip()))
         return r
+
+    def start_keepalived(self, role, priority, advert=0.2, timeout=15.0):
+        """keepalived --vrrp in a director of a pair, its notify script `lvs vrrp-notify`
+        (lvs/ha.py); the NAT gateway is its virtual address. Returns the Popen."""
+        from .ha import keepalived_config
+        log = os.path.join(self.workdir, "%s-notify.log" % role)
+        notify = _lvs_argv("vrrp-notify", "--mcast-interface", IFACE, "--syncid", str(SYNCID),
+                           "--log", log)
+        conf = os.path.join(self.workdir, "%s-keepalived.conf" % role)
+        with open(conf, "w") as f:
+            f.write(keepalived_config(role, IFACE, priority, VRRP_ID, notify,
+                                      addresses=(GATEWAY_IP + "/32",), advert=advert))
+        pids = [os.path.join(self.workdir, "%s-keepalived%s.pid" % (role, what)) for what in ("", "-vrrp")]
+        for path in pids:
+            if os.path.exists(path):
+                os.unlink(path)
+        p = self.popen(role, ["keepalived", "--dont-fork", "--log-console", "--no-syslog", "--vrrp",
+                              "--use-file", conf, "--pid", pids[0], "--vrrp_pid", pids[1]],
+                       name="keepalived-" + role, lifetime=None)
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(pids[1]) and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not os.path.exists(pids[1]):
+            raise LabError("keepalived in %s did not start: %s" % (role, self.read_log(p)[-500:]))
+        return p
+
+    def keepalived_pids(self, role):
+        """The parent's and the VRRP child's PIDs of a director's keepalived."""
+        found = []
+        for what in ("", "-vrrp"):
+            try:
+                with open(os.path.join(self.workdir, "%s-keepalived%s.pid" % (role, what))) as f:
+                    found.append(int(f.read().split()[0]))
+            except (OSError, ValueError, IndexError):
+                pass
+        return found
+
+    def vrrp_state(self, role):
+        """The last state `lvs vrrp-notify` was told in a director, or None."""
+        try:
+            with open(os.path.join(self.workdir, "%s-notify.log" % role)) as f:
+                lines = [line.split() for line in f if "vrrp-notify" in line]
+        except OSError:
+            return None
+        return lines[-1][3].rstrip(":") if lines else None
 
     def realserver_down(self, role, timeout=30):
         r = self.lvs(role, "realserver", "--down", timeout=timeout)

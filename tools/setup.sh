@@ -15,8 +15,8 @@ command -v pypy3 >/dev/null || need+=(pypy3)
 pypy3 -c 'import venv, ensurepip' 2>/dev/null || need+=(pypy3-venv)
 # The live data plane and its tests: namespaces and links (iproute2), the
 # director's host guard (nftables), offload switches (ethtool), the lab's
-# client and trace (curl, tcpdump).
-for tool in ip:iproute2 nft:nftables ethtool:ethtool curl:curl tcpdump:tcpdump; do
+# client and trace (curl, tcpdump), VRRP between a pair of directors (keepalived).
+for tool in ip:iproute2 nft:nftables ethtool:ethtool curl:curl tcpdump:tcpdump keepalived:keepalived; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 if [ "${1:-}" = "--bench" ]; then
