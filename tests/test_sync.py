@@ -540,3 +540,66 @@ def test_kernel_messages_are_cut_where_ours_are():
         assert len(bytes.fromhex(dg["payload_hex"])) <= 200
     full = [len(bytes.fromhex(dg["payload_hex"])) for dg in run["datagrams"]]
     assert max(full) == 8 + 5 * 36                       # five 36-byte entries fill 200
+
+
+def _kernel_file():
+    import json
+    import os
+    with open(os.path.join(os.path.dirname(__file__), "data", "sync-kernel.json")) as f:
+        return json.load(f)
+
+
+def _listing_rows(text):
+    """-Lnc's rows without the expiry, sorted; and the expiries (seconds) by row."""
+    rows = {}
+    for line in text.splitlines()[2:]:
+        f = line.split()
+        if f:
+            minutes, seconds = f[1].split(":")
+            rows.setdefault(tuple(f[:1] + f[2:]), []).append(int(minutes) * 60 + int(seconds))
+    return {k: sorted(v) for k, v in rows.items()}
+
+
+def test_a_backup_fed_the_kernel_s_datagrams_lists_what_the_kernel_s_backup_listed():
+    # The oracle's backup (same services, syncid 7) heard these datagrams at these
+    # times; at each snapshot ours must list the same connections, states and
+    # expiry, and count the same active and inactive connections per server.
+    data = _kernel_file()
+    eng = Engine()
+    for argv in data["services"]:
+        lvsadm(eng, *argv)
+    lvsadm(eng, "--start-daemon", "backup", "--mcast-interface", "eth0", "--syncid", "7")
+    # The oracle's other backups: bak2 without any service (the connections are
+    # kept unbound), bak3 with syncid 9 (it ignores everything).
+    bare, other = Engine(), Engine()
+    lvsadm(bare, "--start-daemon", "backup", "--mcast-interface", "eth0", "--syncid", "7")
+    for argv in data["services"]:
+        lvsadm(other, *argv)
+    lvsadm(other, "--start-daemon", "backup", "--mcast-interface", "eth0", "--syncid", "9")
+    events = []
+    for run in data["runs"]:
+        events += [(t, 0, bytes.fromhex(dg["payload_hex"]), dg["udp_dport"])
+                   for t, dg in zip(run["received"], run["datagrams"])]
+        events += [(s["t"], 1, None, s) for s in run["snapshots"]]
+    compared = 0
+    for t, kind, payload, extra in sorted(events, key=lambda e: (e[0], e[1])):
+        eng.expire(t)
+        if kind == 0:
+            # bak1 followed the master to run3's group and port; bak2 stayed on 8848.
+            for e in (eng, bare, other) if extra == 8848 else (eng,):
+                e.expire(t)
+                e.sync_receive(payload, t)
+            continue
+        snap = extra
+        bare.expire(t)
+        assert sorted(_listing_rows(adm.run(bare, ["-Lnc"])[0])) == sorted(_listing_rows(snap["bak2_Lnc"]))
+        assert _listing_rows(adm.run(other, ["-Lnc"])[0]) == _listing_rows(snap["bak3_Lnc"]) == {}
+        ours, theirs = _listing_rows(adm.run(eng, ["-Lnc"])[0]), _listing_rows(snap["Lnc"])
+        assert sorted(ours) == sorted(theirs), snap["t"]
+        # The kernel's listing ran a moment after the snapshot's time (a slow VM):
+        # its expiries are up to 2 s below ours, never above.
+        for row, expiries in ours.items():
+            assert all(0 <= a - b <= 2 for a, b in zip(expiries, theirs[row])), (row, expiries, theirs[row])
+        assert adm.run(eng, ["-Ln"])[0] == snap["Ln"], snap["t"]
+        compared += 1
+    assert compared == 8 and eng.sync_stats["sync_installed"] > 50
