@@ -603,3 +603,11 @@ def test_a_backup_fed_the_kernel_s_datagrams_lists_what_the_kernel_s_backup_list
         assert adm.run(eng, ["-Ln"])[0] == snap["Ln"], snap["t"]
         compared += 1
     assert compared == 8 and eng.sync_stats["sync_installed"] > 50
+
+
+def test_daemon_commands_answer_as_ipvsadm_against_the_kernel():
+    data = _kernel_file()["daemon_cli"]
+    eng = Engine()
+    eng.interfaces = {"lo": 65536, "dum0": 9000, "dum1": 1500}
+    for c in data["commands"]:
+        assert adm.run(eng, c["argv"]) == (c["stdout"], c["stderr"], c["rc"]), c["argv"]
