@@ -32,7 +32,8 @@ def _daemon(args):
             return own_vips(path, args.own_vips)
         return start(path, args.rules, args.feed, detach=args.detach, clock=args.clock,
                      ifaces=ifaces, state_path=args.state_file, log_path=args.log,
-                     ring=not args.no_ring, workers=args.workers, standby=args.standby)
+                     ring=not args.no_ring, workers=args.workers, standby=args.standby,
+                     max_conns=args.max_conns)
     except DaemonError as e:
         sys.stderr.write("lvs daemon: %s\n" % e)
         return 1
@@ -85,6 +86,9 @@ def build_parser():
     dp.add_argument("--workers", type=int, default=1, metavar="N",
                     help="with --iface: N processes share the interfaces (PACKET_FANOUT by client "
                          "address); listings add them up (default 1)")
+    dp.add_argument("--max-conns", type=int, metavar="N",
+                    help="at most N connections and templates in the table: new ones beyond are "
+                         "dropped and counted (table_full; sync_table_full for synced ones)")
     dp.add_argument("--standby", action="store_true",
                     help="with --iface: start without answering ARP for the VIPs (a backup director)")
     dp.add_argument("--own-vips", action="store_true",

@@ -65,6 +65,10 @@ class Connection:
         return (self.protocol, self.vaddr, self.vport, self.caddr, self.cport)
 
 
+class TableFull(Exception):
+    """The table holds `limit` entries: no new one (the engine drops and counts)."""
+
+
 class ConnTable:
     def __init__(self):
         self.conns = {}       # seq -> Connection, creation order
@@ -76,12 +80,16 @@ class ConnTable:
         self._seq = 0
         self.fast = None        # the engine's FastPath, told when the lookup tables change
         self.sync_clock = False  # a sync master ran: connections note their sync time
+        self.limit = None        # at most this many connections and templates (None: no bound)
 
     def __len__(self):
         return len(self.conns)
 
     def new(self, protocol, caddr, cport, vaddr, vport, daddr, dport, flags, dest, fwmark, now):
-        """ip_vs_conn_new: create, bind to dest (counters), hash."""
+        """ip_vs_conn_new: create, bind to dest (counters), hash. TableFull at the limit,
+        where the kernel's allocation would fail."""
+        if self.limit is not None and len(self.conns) >= self.limit:
+            raise TableFull()
         self._seq += 1
         cp = Connection(protocol, caddr, cport, vaddr, vport, daddr, dport, flags, fwmark, self._seq)
         if self.sync_clock:

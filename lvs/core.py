@@ -11,7 +11,7 @@ import struct
 
 from . import proto_icmp, proto_tcp
 from .checksum import checksum
-from .conntab import IP_VS_CTPL_S_ASSURED
+from .conntab import IP_VS_CTPL_S_ASSURED, TableFull
 from .defrag import fragment
 from .flags import (IP_VS_CONN_F_BYPASS, IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_INACTIVE,
                     IP_VS_CONN_F_MASQ, IP_VS_CONN_F_NOOUTPUT, IP_VS_CONN_F_ONE_PACKET,
@@ -301,7 +301,10 @@ class PacketPath:
             return self.count_drop("drop_packet")
         if sport == 20:  # never schedule active FTP data from a real server
             return self.count_drop("ftp_data")
-        cp = self._schedule(svc, PacketInfo(proto, saddr, daddr, sport, dport))
+        try:
+            cp = self._schedule(svc, PacketInfo(proto, saddr, daddr, sport, dport))
+        except TableFull:
+            return self.count_drop("table_full")  # ip_vs_conn_new failed: *ignored = -1, dropped
         if cp is None:
             self._leave(svc, buf, dport)
         return cp
@@ -386,8 +389,12 @@ class PacketPath:
             dport = dest.port
         flags = IP_VS_CONN_F_ONE_PACKET if (
             svc.flags & IP_VS_SVC_F_ONEPACKET and pkt.protocol == IPPROTO_UDP) else 0
-        cp = tab.new(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr if svc.fwmark else svc.addr,
-                     pkt.dport, dest.addr, dport, flags, dest, svc.fwmark, now)
+        try:
+            cp = tab.new(pkt.protocol, pkt.saddr, pkt.sport, pkt.daddr if svc.fwmark else svc.addr,
+                         pkt.dport, dest.addr, dport, flags, dest, svc.fwmark, now)
+        except TableFull:
+            tab.refresh(ct, now)   # ip_vs_conn_put(ct): the template's timer restarts
+            raise
         cp.control = ct  # ip_vs_control_add
         ct.n_control += 1
         tab.refresh(ct, now)
@@ -414,7 +421,10 @@ class PacketPath:
         daddr = bytes(buf[16:20])
         if (self.config.cache_bypass and svc.fwmark and 0 < daddr[0] < 224
                 and daddr != b"\xff\xff\xff\xff"):
-            return self._bypass(svc, buf)
+            try:
+                return self._bypass(svc, buf)
+            except TableFull:
+                return self.count_drop("table_full")
         if svc.port == FTPPORT and dport != FTPPORT:
             return self.count_drop("no_service")
         self.send_icmp_error(buf, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0)
@@ -456,7 +466,11 @@ class PacketPath:
         if cport == 20:
             self.count_drop("ftp_data")
             return None
-        cp = self._schedule(svc, PacketInfo(proto, caddr, vaddr, cport, vport))
+        try:
+            cp = self._schedule(svc, PacketInfo(proto, caddr, vaddr, cport, vport))
+        except TableFull:
+            self.count_drop("table_full")
+            return None
         if cp is None:
             self.count_drop("no_dest")
         return cp

@@ -477,8 +477,11 @@ class Daemon:
 
 
 def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic", out=sys.stdout,
-          ifaces=(), state_path=None, log_path=None, ring=True, workers=1, standby=False):
+          ifaces=(), state_path=None, log_path=None, ring=True, workers=1, standby=False,
+          max_conns=None):
     """`lvs daemon`: returns the exit status."""
+    if max_conns is not None and max_conns < 1:
+        raise DaemonError("--max-conns: at least 1")
     if standby and not ifaces:
         raise DaemonError("--standby needs --iface: it is about answering ARP for the VIPs")
     if not 1 <= workers <= 64:
@@ -488,6 +491,7 @@ def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic",
     if workers > 1 and feed_paths:
         raise DaemonError("--workers and --feed: a capture goes to one process")
     daemon = Daemon(path, clock=clock)
+    daemon.engine.conntab.limit = max_conns
     daemon.worker_count = workers
     log_file = None
     if log_path:

@@ -45,7 +45,8 @@ CONN_TAB_SIZE = 4096
 class Engine(PacketPath, IcmpSender, Tables, Timers, Sync):
     """One director's IPVS: services, real servers, connections, counters and timers."""
 
-    def __init__(self, config=None, seed=0, director_addr=None, mtu=1500, fwmark=None, fastpath=None):
+    def __init__(self, config=None, seed=0, director_addr=None, mtu=1500, fwmark=None, fastpath=None,
+                 max_conns=None):
         self.config = config if config is not None else EngineConfig()
         self.seed = seed & 0xFFFFFFFF
         self.director_addr = director_addr  # tunnel source; None: the connection's VIP
@@ -53,6 +54,7 @@ class Engine(PacketPath, IcmpSender, Tables, Timers, Sync):
         self.fwmark = fwmark                # callable(protocol, daddr, dport) -> mark, or None
         self.services = {}                  # key -> Service, in creation order
         self.conntab = ConnTable()
+        self.conntab.limit = max_conns      # the table's bound (lvs daemon --max-conns)
         self.tot_stats = Stats()
         self.trash = []                     # deleted dests kept while connections use them
         self._trash_timer = None

@@ -28,6 +28,7 @@ rule's arithmetic is the kernel's, low bits included.
 from collections import Counter
 
 from . import proto_tcp, syncmsg
+from .conntab import TableFull
 from .flags import (IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_INACTIVE, IP_VS_CONN_F_MASQ,
                     IP_VS_CONN_F_ONE_PACKET, IP_VS_CONN_F_TEMPLATE, IPPROTO_TCP, IPPROTO_UDP)
 from .tables import HZ
@@ -255,8 +256,12 @@ class Sync:
         else:
             dest = self._sync_find_dest(e.protocol, e.vaddr, e.vport, e.daddr, e.dport,
                                         e.fwmark, flags)
-            cp = tab.new(e.protocol, e.caddr, e.cport, e.vaddr, e.vport, e.daddr, e.dport,
-                         flags, dest, e.fwmark, now)
+            try:
+                cp = tab.new(e.protocol, e.caddr, e.cport, e.vaddr, e.vport, e.daddr, e.dport,
+                             flags, dest, e.fwmark, now)
+            except TableFull:
+                stats["sync_table_full"] += 1   # "BACKUP, add new conn. failed"
+                return
             stats["sync_installed" if dest is not None else "sync_installed_unbound"] += 1
         cp.in_pkts = self.config.sync_threshold[0]
         cp.state = e.state
