@@ -19,7 +19,7 @@ def _replay(args):
 
 def _daemon(args):
     from . import ctl
-    from .daemon import DaemonError, own_vips, start, stop
+    from .daemon import DaemonError, own_vips, print_stats, start, stop
     from .daemon import cleanup
     path = ctl.socket_path(args.socket)
     ifaces = [name for item in args.iface for name in item.split(",") if name]
@@ -30,6 +30,8 @@ def _daemon(args):
             return stop(path)
         if args.own_vips or args.release_vips:
             return own_vips(path, args.own_vips)
+        if args.stats:
+            return print_stats(path)
         return start(path, args.rules, args.feed, detach=args.detach, clock=args.clock,
                      ifaces=ifaces, state_path=args.state_file, log_path=args.log,
                      ring=not args.no_ring, workers=args.workers, standby=args.standby,
@@ -91,6 +93,9 @@ def build_parser():
                          "dropped and counted (table_full; sync_table_full for synced ones)")
     dp.add_argument("--standby", action="store_true",
                     help="with --iface: start without answering ARP for the VIPs (a backup director)")
+    dp.add_argument("--stats", action="store_true",
+                    help="print the running daemon's counters: drops by reason, the live side, "
+                         "the sync daemons (JSON)")
     dp.add_argument("--own-vips", action="store_true",
                     help="tell the running daemon to answer ARP for its VIPs, announced by "
                          "gratuitous ARP (a takeover)")

@@ -613,6 +613,17 @@ def cleanup(state_path=None, out=sys.stdout):
     return 0
 
 
+def print_stats(path, out=sys.stdout):
+    """`lvs daemon --stats`: the daemon's counters, as its stats request answers them."""
+    try:
+        answer = ctl.request(path, {"op": "stats"}, timeout=10.0)
+    except ctl.NoDaemon:
+        raise DaemonError("no daemon running on %s" % path)
+    answer.pop("pylvs", None)
+    out.write(json.dumps(answer, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
 def own_vips(path, own, out=sys.stdout):
     """`lvs daemon --own-vips/--release-vips`: switch the running daemon's VIP ownership."""
     try:

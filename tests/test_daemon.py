@@ -130,3 +130,40 @@ def test_lvsadm_without_daemon_fails_like_ipvsadm_without_the_module(tmp_path):
     first, second = r.stderr.splitlines()
     assert first == "Can't initialize ipvs: Protocol not available"
     assert path in second and "lvs daemon --detach" in second
+
+
+def test_a_backup_sync_daemon_installs_what_it_hears(sock):
+    # The kernel's sync message over real multicast UDP on the loopback, into a
+    # daemon's backup; lvs daemon --stats shows what it counted.
+    from lvs.syncmsg import SyncEntry, encode
+    assert lvs("daemon", "--socket", sock, "--detach").returncode == 0
+    env = dict(os.environ, LVS_SOCKET=sock)
+
+    def lvsadm(*args):
+        return subprocess.run([sys.executable, "-c", "import sys; sys.argv[0] = 'lvsadm'; "
+                               "from lvs.lvsadm import main; sys.exit(main())"] + list(args),
+                              capture_output=True, text=True, timeout=30, env=env)
+    for args in (["-A", "-t", "203.0.113.200:80"], ["-a", "-t", "203.0.113.200:80", "-r", "192.0.2.11:80", "-m"]):
+        assert lvsadm(*args).returncode == 0
+    r = lvsadm("--start-daemon", "backup", "--mcast-interface", "lo", "--syncid", "7", "--mcast-port", "18848")
+    if r.returncode != 0:
+        pytest.skip("no multicast on the loopback here: %s" % r.stderr.strip())
+    entry = SyncEntry(6, 0, 1, bytes([198, 51, 100, 7]), 40000, bytes([203, 0, 113, 200]), 80,
+                      bytes([192, 0, 2, 11]), 80, 0, 900)
+    good = encode([entry], syncid=7)[0]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+    try:
+        for data in (good[:-3], encode([entry], syncid=8)[0], good):   # truncated, foreign, good
+            s.sendto(data, ("224.0.0.81", 18848))
+    finally:
+        s.close()
+    deadline = time.monotonic() + 5
+    while "ESTABLISHED" not in lvsadm("-Lnc").stdout and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "198.51.100.7:40000" in lvsadm("-Lnc").stdout
+    stats = json.loads(lvs("daemon", "--socket", sock, "--stats").stdout)["sync"]
+    assert stats["sync_messages_received"] == 3 and stats["sync_installed"] == 1
+    assert stats["sync_bad_size"] == 1 and stats["sync_foreign_syncid"] == 1
+    assert lvsadm("-L", "--daemon").stdout.startswith("backup sync daemon (mcast=lo, syncid=7")

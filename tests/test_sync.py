@@ -650,3 +650,31 @@ def test_the_kernel_s_backup_and_ours_read_the_same_datagrams_the_same_way():
         for row, expiries in ours.items():
             assert all(0 <= a - b <= 2 for a, b in zip(expiries, theirs[row])), (case["name"], row)
         assert adm.run(eng, ["-Ln"])[0] == case["kernel_Ln"], case["name"]
+
+
+def test_a_flood_of_messages_is_counted_and_bounded_by_the_table():
+    # 3000 datagrams, valid, mutated and random, from many clients: every one counted
+    # as received, every refusal by name, the table never past its limit.
+    import random
+    rnd = random.Random(5)
+    backup = backup_engine()
+    backup.conntab.limit = 200
+    refusals = 0
+    for i in range(3000):
+        es = [ENTRY._replace(caddr=bytes([198, 51, 100, rnd.randrange(256)]), cport=rnd.randrange(65536))
+              for _ in range(rnd.randrange(1, 6))]
+        data = bytearray(encode(es, syncid=7)[0])
+        kind = i % 3
+        if kind == 1:
+            for _ in range(rnd.randrange(1, 4)):
+                data[rnd.randrange(len(data))] = rnd.randrange(256)
+        elif kind == 2:
+            data = bytearray(rnd.getrandbits(8) for _ in range(rnd.randrange(60)))
+        d = decode(bytes(data), syncid=7)
+        refusals += len(d.skipped) + (d.dropped is not None)
+        backup.sync_receive(bytes(data), T0 + i * 0.001)
+    stats = backup.sync_stats
+    assert stats["sync_messages_received"] == 3000
+    assert sum(v for k, v in stats.items() if k in syncmsg.REASONS) == refusals > 1000
+    assert len(backup.conn_list()) == 200 and stats["sync_table_full"] > 0
+    assert backup.drops["internal_error"] == 0
