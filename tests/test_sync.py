@@ -266,6 +266,18 @@ def tcp(sport, flags, seq=1000, payload=b"", src=CLIENT, dst=VIP, dport=80):
                  / payload)
 
 
+def handshake(eng, cport=40000, t=T0):
+    """SYN, ACK and a data segment from the client: the third packet is synced."""
+    for i, flags in enumerate(["S", "A", "PA"]):
+        eng.receive(tcp(cport, flags, 1000 + i, b"x" if flags == "PA" else b""), t)
+
+
+def relay(master, backup, now):
+    """What the master sends by `now`, heard by the backup."""
+    for m in master.sync_take(now):
+        backup.sync_receive(m, now)
+
+
 def sent_entries(eng, now):
     out = []
     for m in eng.sync_take(now):
@@ -314,16 +326,14 @@ def test_templates_go_with_their_connections():
     # considered, and a template always passes ip_vs_sync_conn_needed without a
     # refresh period: it goes with every packet of every connection it controls.
     eng = master_engine("-p", "300")
-    for i, flags in enumerate(["S", "A", "PA"]):
-        eng.receive(tcp(40000, flags, 1000 + i, b"x" if flags == "PA" else b""), T0)
+    handshake(eng)
     sent = sent_entries(eng, T0 + 2)
     assert [bool(e.flags & 0x1000) for e in sent] == [True, True, False, True]
     template, conn = sent[0], sent[2]
     assert template.cport == 0 and template.timeout == 300 and conn.daddr == template.daddr
     # sync_persist_mode 1: the connections of a persistent service are not sent.
     eng = master_engine("-p", "300", sync_persist_mode=1)
-    for i, flags in enumerate(["S", "A", "PA"]):
-        eng.receive(tcp(40000, flags, 1000 + i, b"x" if flags == "PA" else b""), T0)
+    handshake(eng)
     assert [bool(e.flags & 0x1000) for e in sent_entries(eng, T0 + 2)] == [True, True, True]
     # With a refresh period, a template is sent again only when its timer moved enough.
     eng = master_engine("-p", "300", sync_refresh_period=60)
@@ -334,8 +344,7 @@ def test_templates_go_with_their_connections():
 
 def test_sync_version_0_sends_v0_and_refresh_period_rules():
     eng = master_engine(sync_version=0)
-    for i, flags in enumerate(["S", "A", "PA"]):
-        eng.receive(tcp(40000, flags, 1000 + i, b"x" if flags == "PA" else b""), T0)
+    handshake(eng)
     (m,) = eng.sync_take(T0 + 2)
     assert m[:4] == H("01 07 001c") and decode(m).version == 0
     # sync_period 0 and a refresh period: sent when the timer moved by 10 s
@@ -382,11 +391,9 @@ def test_backup_installs_without_scheduling_and_forwards_to_the_same_server():
 
 def test_backup_takes_its_own_forwarding_method_and_keeps_activity():
     master = master_engine()
-    for i, flags in enumerate(["S", "A", "PA"]):
-        master.receive(tcp(40000, flags, 1000 + i, b"x" if flags == "PA" else b""), T0)
+    handshake(master)
     backup = backup_engine(method="-g")
-    for m in master.sync_take(T0 + 2):
-        backup.sync_receive(m, T0 + 2)
+    relay(master, backup, T0 + 2)
     (bc,) = backup.conn_list()
     assert bc.flags & 0x7 == 3 and not bc.flags & 0x0100   # DROUTE, active (ip_vs_bind_dest)
     (out,) = backup.receive(tcp(40000, "PA", 1003, b"y"), T0 + 3)
@@ -395,13 +402,11 @@ def test_backup_takes_its_own_forwarding_method_and_keeps_activity():
 
 def test_backup_without_the_service_keeps_the_connection_unbound():
     master = master_engine()
-    for i, flags in enumerate(["S", "A", "PA"]):
-        master.receive(tcp(40000, flags, 1000 + i, b"x" if flags == "PA" else b""), T0)
+    handshake(master)
     backup = Engine()
     lvsadm(backup, "-A", "-u", VIP + ":53")
     lvsadm(backup, "--start-daemon", "backup", "--mcast-interface", "eth0")
-    for m in master.sync_take(T0 + 2):
-        backup.sync_receive(m, T0 + 2)
+    relay(master, backup, T0 + 2)
     (bc,) = backup.conn_list()
     assert bc.dest is None and backup.sync_stats["sync_installed_unbound"] == 1
     # Adding the service later: the next update binds it (ip_vs_try_bind_dest).
@@ -409,19 +414,16 @@ def test_backup_without_the_service_keeps_the_connection_unbound():
     lvsadm(backup, "-a", "-t", VIP + ":80", "-r", RS1 + ":80", "-m")
     lvsadm(backup, "-a", "-t", VIP + ":80", "-r", RS2 + ":80", "-m")
     master.receive(tcp(40000, "FA", 1003), T0 + 3)
-    for m in master.sync_take(T0 + 6):
-        backup.sync_receive(m, T0 + 6)
+    relay(master, backup, T0 + 6)
     # CLOSE_WAIT is not an active state: it comes INACTIVE, and is counted so.
     assert bc.dest is not None and bc.state == 7 and (bc.dest.activeconns, bc.dest.inactconns) == (0, 1)
 
 
 def test_backup_ignores_another_syncid_and_counts_it():
     master = master_engine()
-    for i, flags in enumerate(["S", "A", "PA"]):
-        master.receive(tcp(40000, flags, 1000 + i, b"x" if flags == "PA" else b""), T0)
+    handshake(master)
     backup = backup_engine(syncid="8")
-    for m in master.sync_take(T0 + 2):
-        backup.sync_receive(m, T0 + 2)
+    relay(master, backup, T0 + 2)
     assert backup.conn_list() == [] and backup.sync_stats["sync_foreign_syncid"] == 1
 
 
@@ -447,12 +449,10 @@ def test_backup_updates_state_and_replaces_a_moved_connection():
 
 def test_backup_template_keeps_persistence_after_takeover():
     master = master_engine("-p", "300")
-    for i, flags in enumerate(["S", "A", "PA"]):
-        master.receive(tcp(40000, flags, 1000 + i, b"x" if flags == "PA" else b""), T0)
+    handshake(master)
     (conn,) = [c for c in master.conn_list() if not c.flags & 0x1000]
     backup = backup_engine(extra_rules=("-p", "300"))
-    for m in master.sync_take(T0 + 2):
-        backup.sync_receive(m, T0 + 2)
+    relay(master, backup, T0 + 2)
     assert len(backup.conntab.templates) == 1
     # A new connection from the same client goes to the template's server.
     (out,) = backup.receive(tcp(40001, "S"), T0 + 5)
