@@ -1151,6 +1151,12 @@ def _keep_notes(lab, out, failed=False):
             w("  ip netns exec %s tcpdump -n -i %s -c 20 'ip proto 4'\n" % (topo.netns(role), IFACE))
             break
     w("  ip netns exec %s tcpdump -n -i %s -c 20 host %s\n" % (d, IFACE, topo.vip))
+    if topo.pair:
+        d2 = topo.netns("director2")
+        w("  ip netns exec %s %s -L --daemon; ip netns exec %s %s -Lnc   # the other director\n"
+          % (d2, lvsadm, d2, lvsadm))
+        w("  ip netns exec %s %s daemon --stats   # vip_owner, sync counters\n" % (d2, lvs))
+        w("  cat %s/*-notify.log   # what keepalived told each daemon\n" % topo.workdir)
     w("Remove it with: %s lab down%s\n" % (lvs, "" if topo.tag == DEFAULT_TAG else " --tag " + topo.tag))
 
 
