@@ -15,6 +15,8 @@ are medians of repeated rounds. Cases:
   memory       bytes per ESTABLISHED connection (RSS delta / count)
   expiry       the longest pause of a packet loop while its connections expire
   replay       `lvs replay` packets/s on a generated capture
+  sync         a sync master's cost on established flows (ratio: against no master);
+               a backup's entries installed and updated per second
 
 Run: python -m bench.core [--quick] [CASE ...]   (see bench/__main__.py)
 """
@@ -301,8 +303,47 @@ def case_replay(quick):
     emit("replay %s packets" % _size(n), n / seconds, "pkt/s", packets=n)
 
 
+def case_sync(quick):
+    """Connection sync: a master's cost on established flows (against the same engine
+    with no master, in the same run), and how fast a backup installs and updates."""
+    from lvs.syncmsg import SyncEntry, encode
+    rounds = 3 if quick else 5
+    flows, per_round = 1000, (50000 if quick else 200000)
+    engine = engine_with("nat")
+    data = open_flows(engine, flows)
+    order = [data[i % flows] for i in range(per_round)]
+    batches = [order[i:i + BATCH] for i in range(0, per_round, BATCH)]
+
+    def run_engine():
+        t = time.perf_counter()
+        for b in batches:
+            engine.receive_batch(b, 2.0)
+            engine.sync_take(4.0)         # the daemon sends after each batch
+        return per_round, time.perf_counter() - t
+
+    off = timed(run_engine, rounds)
+    assert adm.run(engine, ["--start-daemon", "master", "--mcast-interface", "eth0"])[2] == 0
+    engine.receive_batch(data[:BATCH], 2.0)
+    on = timed(run_engine, rounds)
+    emit("established nat 1k flows, sync master on", on, "pkt/s", off,
+         sent=engine.sync_stats["sync_entries_sent"])
+    n = 20000 if quick else 100000
+    entries = [SyncEntry(6, 0, 1, bytes([198, 51, 100, i & 0xFF]), 1024 + (i >> 8), VIP_B, 80,
+                         bytes([192, 0, 2, 10 + i % 4]), 80, 0, 900) for i in range(n)]
+    messages = encode(entries)
+    backup = engine_with("nat")
+    assert adm.run(backup, ["--start-daemon", "backup", "--mcast-interface", "eth0"])[2] == 0
+    for what in ("installed", "updated"):
+        t = time.perf_counter()
+        for m in messages:
+            backup.sync_receive(m, 3.0)
+        seconds = time.perf_counter() - t
+        assert backup.sync_stats["sync_" + what] == n, dict(backup.sync_stats)
+        emit("sync backup, entries %s" % what, n / seconds, "entries/s", messages=len(messages))
+
+
 CASES = {"established": case_established, "newconn": case_newconn, "memory": case_memory,
-         "expiry": case_expiry, "replay": case_replay}
+         "expiry": case_expiry, "replay": case_replay, "sync": case_sync}
 
 
 def main(argv):

@@ -48,7 +48,8 @@ class Connection:
         self.dead = False
         self.deltas = None     # NAT's checksum deltas, computed once (forwarders/nat.py)
         self.fast = None       # its fast path key (bytes), or keys (a tuple): lvs/fastpath.py
-        # old_state and sync_endtime are set only while a sync master runs (lvs/sync.py)
+        self.old_state = 0     # the state last synced (lvs/sync.py)
+        # sync_endtime is set only once a sync master ran (ConnTable.sync_clock)
 
     @property
     def is_template(self):

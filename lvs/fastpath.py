@@ -101,6 +101,10 @@ class FastPath:
         hits = 0
         dirty = False
         sync = engine.sync_master is not None
+        if sync:
+            config = engine.config
+            threshold, period = config.sync_threshold
+            by_count = period > 0 and not config.sync_refresh_period and not config.sync_persist_mode
         for p in packets:
             if dirty:
                 # The general path ran: timers may be due again, tables may have moved.
@@ -167,9 +171,12 @@ class FastPath:
             acc[0] += 1
             acc[1] += tot
             if inbound:
-                cp.in_pkts += 1
-                if sync:
-                    engine.sync_conn(cp, cp.in_pkts)
+                n = cp.in_pkts = cp.in_pkts + 1
+                # ip_vs_sync_conn_needed, its common "no" first: by the packet count
+                # alone when no refresh period, persist mode or template is involved.
+                if sync and (not by_count or n % period == threshold or cp.control is not None
+                             or cp.state != cp.old_state):
+                    engine.sync_conn(cp, n)
             cp.expires = now + timeout
             hits += 1
         self.hits += hits

@@ -119,7 +119,7 @@ class Sync:
         elif cp.protocol == IPPROTO_TCP:
             if cp.state not in SYNC_TCP_STATES:
                 return False
-            force = cp.state != getattr(cp, "old_state", 0)
+            force = cp.state != cp.old_state
             if force and cp.state != proto_tcp.ESTABLISHED:
                 return self._sync_set(cp, n)
         refresh = config.sync_refresh_period * HZ
