@@ -107,9 +107,6 @@ class PacketPath:
             # The last service gone, IPVS unregisters its hooks (ip_vs_del_service):
             # packets, replies to surviving connections included, pass it by.
             return self.count_drop("no_service")
-        if self.config.backup_only and "backup" in self.sync_daemons:
-            # sysctl_backup_only: a backup that only syncs lets every packet by.
-            return self.count_drop("backup_only")
         buf = bytearray(packet[:tot_len])  # ip_rcv trims link-layer padding
         if ((buf[6] << 8) | buf[7]) & 0x3FFF:
             # IPVS sees datagrams, not fragments: conntrack's defrag hook
@@ -153,6 +150,8 @@ class PacketPath:
                 return self.count_drop("nat_icmp_send")
 
         # ip_vs_in_hook
+        if self.backup_only():
+            return self.count_drop("backup_only")
         cp = tab.by_in.get((proto, saddr, sport, daddr, dport))
         config = self.config
         if cp is not None and proto == IPPROTO_TCP and not self.short and buf[ihl + 13] & proto_tcp.SYN:

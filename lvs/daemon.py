@@ -52,6 +52,7 @@ class Daemon:
         self.worker_index = 0    # 0: the daemon itself
         self._extra_reader = None  # a worker's channel to the daemon
         self.sync_socks = {}     # "master"/"backup" -> (settings, socket): lvs/ports/mcast.py
+        self.sync_backlog = []   # messages the master's socket had no room for yet
 
     # ---------------------------------------------------------------- clock
 
@@ -195,7 +196,15 @@ class Daemon:
             self.tick()
             text = message.get("stdin") or ""
             prog = message.get("prog") or "ipvsadm"
-            out, err, status = adm.run(Engine(), ["-R"], text, prog=prog)
+            if self.workers and any(adm.command_kind(argv[1:], prog) == "daemon"
+                                    for _, argv in adm.config_stream_lines(text)):
+                return {"stdout": "", "status": 255, "stderr": "lvs daemon: the sync daemons "
+                        "are not available with --workers\n"}
+            # The trial: empty tables, but the sync daemons as they run (-C leaves them).
+            trial = Engine()
+            trial.interfaces = _interfaces()
+            trial.sync_daemons = dict(self.engine.sync_daemons)
+            out, err, status = adm.run(trial, ["-R"], text, prog=prog)
             if status == 0:
                 adm.run(self.engine, ["-C"], None, prog=prog)
                 out, err, status = adm.run(self.engine, ["-R"], text, prog=prog)
@@ -292,6 +301,7 @@ class Daemon:
             loop.add_timer(director.next_deadline, director.timers)
         loop.add_timer(self.engine.next_deadline, self._expire)
         loop.add_timer(self.engine.sync_deadline, self._sync_send)
+        loop.add_timer(self._sync_backlog_deadline, self._sync_send)
         if "backup" in self.sync_socks:
             loop.add_reader(self.sync_socks["backup"][1], self._sync_read)
         if self._extra_reader is not None:
@@ -395,21 +405,39 @@ class Daemon:
 
     def _close_sync(self, state):
         cfg, sock = self.sync_socks.pop(state)
+        if state == "master":
+            self.sync_backlog = []   # stop_sync_thread frees what was not sent
         if state == "backup" and self.loop is not None:
             self.loop.remove_reader(sock)
         sock.close()
         self.log("lvs daemon: %s sync daemon stopped" % state)
 
     def _sync_send(self, now):
+        """The master's datagrams: what the engine has due, after what waited for room.
+        A full socket buffer keeps them for the next turn (sync_thread_master waits and
+        retries); the backlog is bounded as the kernel's queue is (sync_qlen_max)."""
         have = self.sync_socks.get("master")
-        messages = self.engine.sync_take(now)
+        backlog = self.sync_backlog + self.engine.sync_take(now)
+        self.sync_backlog = []
         if have is None:
             return
-        for m in messages:
+        stats = self.engine.sync_stats
+        for i, m in enumerate(backlog):
             try:
                 have[1].send(m)
+            except (BlockingIOError, InterruptedError):
+                rest = backlog[i:]
+                room = self.engine.config.sync_qlen_max
+                if len(rest) > room:
+                    stats["sync_queue_full"] += len(rest) - room
+                    rest = rest[:room]
+                self.sync_backlog = rest
+                return
             except OSError:
-                self.engine.sync_stats["sync_send_failed"] += 1
+                stats["sync_send_failed"] += 1
+
+    def _sync_backlog_deadline(self):
+        return self.now() + 0.005 if self.sync_backlog else None
 
     def _sync_read(self):
         have = self.sync_socks.get("backup")

@@ -62,6 +62,7 @@ DIRECTOR_IP = "198.51.100.3"
 DIRECTOR2_IP = "198.51.100.4"   # the second director of a failover pair (directors=2)
 DIRECTOR_ROLES = ("director", "director2")
 GATEWAY_IP = "198.51.100.254"   # a pair's NAT gateway: keepalived moves it with the master
+DOWNLOAD_PORTS = range(45000, 45010)   # --ha's download, told apart from the requests
 SYNCID = 5                      # a pair's sync daemons
 VRRP_ID = 51
 FIRST_SERVER = 10         # rs1 is 198.51.100.10, rs2 .11, ...
@@ -976,15 +977,19 @@ class Lab:
         del blob
         self.step("failover: a 24 MB download at 4 MB/s and new requests every 0.2 s, while the master dies")
         got = os.path.join(topo.workdir, "big.got")
+        # From ports of its own, to tell the download from the requests in the listings.
         curl = topo.popen("client", ["curl", "-sS", "--noproxy", "*", "--max-time", "60", "--limit-rate", "4M",
+                                     "--local-port", "%d-%d" % (DOWNLOAD_PORTS[0], DOWNLOAD_PORTS[-1]),
                                      "-o", got, "-w", "%{http_code} %{size_download} %{local_port}\n",
                                      "http://%s/big.bin" % topo.vip], name="download", lifetime=90)
         probes, t_kill, killed = [], None, False
         start = time.monotonic()
-        while time.monotonic() - start < 9.0:
+        while time.monotonic() - start < 10.0:
             t = time.monotonic()
-            if not killed and t - start > 2.0:
-                self._show_download_conn(curl)
+            # The master dies once the other director knows the download (its first
+            # sync message goes out at most 2 s after the connection's third packet).
+            if not killed and t - start > 1.0 and (t - start > 5.0 or self._synced("director2")):
+                self._show_download_conn()
                 victims = [self._daemon_pid("director")] + topo.keepalived_pids("director")
                 for pid in victims:
                     os.kill(pid, signal.SIGKILL)
@@ -1039,11 +1044,18 @@ class Lab:
             self.say(_indent(topo.lvsadm("-L", "--daemon", role=role).stdout, "        ").rstrip("\n"))
         return failures
 
-    def _show_download_conn(self, curl):
-        topo = self.topo
+    def _download_rows(self, role):
+        """A director's -Lnc rows of the download (ESTABLISHED, from DOWNLOAD_PORTS)."""
+        ports = {"%s:%d" % (CLIENT_IP, p) for p in DOWNLOAD_PORTS}
+        return [line for line in self.topo.lvsadm("-Lnc", role=role).stdout.splitlines()
+                if "ESTABLISHED" in line and len(line.split()) > 3 and line.split()[3] in ports]
+
+    def _synced(self, role):
+        return bool(self._download_rows(role))
+
+    def _show_download_conn(self):
         for role in ("director", "director2"):
-            rows = [line for line in topo.lvsadm("-Lnc", role=role).stdout.splitlines()
-                    if "ESTABLISHED" in line]
+            rows = self._download_rows(role)
             self.say("      %s's -Lnc, ESTABLISHED (%s):" % (
                 role, "it forwards them" if role == "director" else "synced, not forwarding"))
             self.say(_indent("\n".join(rows) or "(none)", "        ").rstrip("\n"))

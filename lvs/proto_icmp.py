@@ -130,8 +130,12 @@ def handle(engine, buf, ihl):
             if nat.forward(engine, buf, cp):
                 engine._out_stats(cp, length)
             return
+        if engine.backup_only():
+            return engine.count_drop("backup_only")   # ip_vs_in_icmp is ip_vs_in_hook's
         cp = tab.by_in.get((proto, edst, edport, esrc, esport))
     else:
+        if engine.backup_only():
+            return engine.count_drop("backup_only")
         # Our tunnel packet quotes the client's request as it was sent.
         cp = tab.by_in.get((proto, esrc, esport, edst, edport))
     new = False

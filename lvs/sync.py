@@ -38,7 +38,7 @@ SYNC_TCP_STATES = frozenset((proto_tcp.ESTABLISHED, proto_tcp.FIN_WAIT, proto_tc
                              proto_tcp.CLOSE_WAIT, proto_tcp.TIME_WAIT))
 FLUSH_TIME = 2.0            # IPVS_SYNC_FLUSH_TIME: no entry waits longer in a buffer
 TEMPLATE_V0_TIMEOUT = 180.0  # a v0 message carries no timeout: templates get 3 minutes
-MAX_TIMEOUT = (2 ** 63 - 1) // HZ // HZ   # MAX_SCHEDULE_TIMEOUT / HZ, in seconds
+MAX_TIMEOUT = (2 ** 63 - 1) // HZ        # MAX_SCHEDULE_TIMEOUT / HZ, in seconds
 
 
 def jiffies(now):
@@ -61,6 +61,7 @@ class Sync:
         self.sync_daemons = {}     # "master"/"backup" -> settings (lvs/adm.py start_daemon)
         self.sync_master = None    # MasterState while a master runs
         self.sync_stats = Counter()
+        self.sync_seq = {}         # connection -> (in_seq, out_seq) a master sent (ip_vs_seq)
 
     def sync_started(self, state):
         if state == "master":
@@ -72,6 +73,11 @@ class Sync:
         if state == "master":
             self.sync_master = None   # what was not sent yet goes, as stop_sync_thread frees it
         self.generation += 1
+
+    def backup_only(self):
+        """sysctl_backup_only: a backup that only syncs; IPVS takes no client packet
+        (ip_vs_in_hook, ip_vs_forward_icmp) but still translates NAT replies (ip_vs_out_hook)."""
+        return bool(self.config.backup_only) and "backup" in self.sync_daemons
 
     # ------------------------------------------------------------ master
 
@@ -151,8 +157,9 @@ class Sync:
         ms = self.sync_master
         if ms is None:
             return
+        seq = self.sync_seq.get(cp, (None, None)) if self.sync_seq else (None, None)
         e = syncmsg.SyncEntry(cp.protocol, cp.flags, cp.state, cp.caddr, cp.cport, cp.vaddr,
-                              cp.vport, cp.daddr, cp.dport, cp.fwmark, int(cp.timeout))
+                              cp.vport, cp.daddr, cp.dport, cp.fwmark, int(cp.timeout), *seq)
         if version:
             data, n = syncmsg.encode_entry_v1(e), syncmsg.entry_len_v1(e)
         else:
@@ -263,6 +270,10 @@ class Sync:
                 stats["sync_table_full"] += 1   # "BACKUP, add new conn. failed"
                 return
             stats["sync_installed" if dest is not None else "sync_installed_unbound"] += 1
+        if e.in_seq is not None:
+            # Kept and sent on as they came (pylvs adjusts no sequence numbers itself:
+            # no FTP helper), for a kernel backup behind us.
+            self.sync_seq[cp] = (e.in_seq, e.out_seq)
         cp.in_pkts = self.config.sync_threshold[0]
         cp.state = e.state
         cp.old_state = e.state

@@ -102,6 +102,8 @@ class Timers:
             self.conntab.refresh(cp, now)
             return
         self.conntab.remove(cp)
+        if self.sync_seq:
+            self.sync_seq.pop(cp, None)
         ct = cp.control
         if ct is not None:
             has_ref = cp.timeout == 0

@@ -472,13 +472,30 @@ def test_udp_and_v0_timeouts_on_the_backup():
     assert got == [(6, False, 120.0), (6, True, 180.0), (17, False, 300.0)]
 
 
-def test_backup_only_lets_packets_by():
+def test_backup_only_lets_client_packets_by_but_translates_nat_replies():
+    # sysctl_backup_only is checked in ip_vs_in_hook and ip_vs_forward_icmp only.
     backup = backup_engine()
+    backup.sync_receive(encode([ENTRY], syncid=7)[0], T0)
     backup.config.set("backup_only", 1)
-    assert backup.receive(tcp(40000, "S"), T0) == []
-    assert backup.drops["backup_only"] == 1
+    assert backup.receive(tcp(40000, "PA", 1001, b"x"), T0) == []
+    assert backup.receive(tcp(40001, "S"), T0) == []
+    assert backup.drops["backup_only"] == 2
+    reply = bytes(IP(src=RS1, dst=CLIENT) / TCP(sport=80, dport=40000, flags="PA"))
+    (back,) = backup.receive(reply, T0)                     # ip_vs_out_hook: still ours
+    assert IP(back.packet).src == VIP
     lvsadm(backup, "--stop-daemon", "backup")
     assert len(backup.receive(tcp(40001, "S"), T0)) == 1
+
+
+def test_sequence_data_from_a_kernel_master_is_kept_and_sent_on():
+    # ip_vs_proc_conn keeps opt->in_seq/out_seq; a master sends them (FTP NAT deltas).
+    director = backup_engine()
+    e = ENTRY._replace(flags=0x0600, in_seq=(111, 5, 3), out_seq=(222, 7, 1))
+    director.sync_receive(encode([e], syncid=7)[0], T0)
+    lvsadm(director, "--start-daemon", "master", "--mcast-interface", "eth0", "--syncid", "7")
+    director.receive(tcp(40000, "FA", 1001), T0 + 1)      # a state change: sent at once
+    (sent,) = sent_entries(director, T0 + 4)
+    assert (sent.in_seq, sent.out_seq, sent.state) == ((111, 5, 3), (222, 7, 1), 7)
 
 
 def test_a_director_can_be_master_and_backup_at_once():
