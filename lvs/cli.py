@@ -35,9 +35,19 @@ def _daemon(args):
         return start(path, args.rules, args.feed, detach=args.detach, clock=args.clock,
                      ifaces=ifaces, state_path=args.state_file, log_path=args.log,
                      ring=not args.no_ring, workers=args.workers, standby=args.standby,
-                     max_conns=args.max_conns)
+                     max_conns=args.max_conns, sysctls=args.sysctl)
     except DaemonError as e:
         sys.stderr.write("lvs daemon: %s\n" % e)
+        return 1
+
+
+def _sysctl(args):
+    from . import ctl
+    from .daemon import DaemonError, sysctl
+    try:
+        return sysctl(ctl.socket_path(args.socket), args.items)
+    except DaemonError as e:
+        sys.stderr.write("lvs sysctl: %s\n" % e)
         return 1
 
 
@@ -88,6 +98,9 @@ def build_parser():
     dp.add_argument("--workers", type=int, default=1, metavar="N",
                     help="with --iface: N processes share the interfaces (PACKET_FANOUT by client "
                          "address); listings add them up (default 1)")
+    dp.add_argument("--sysctl", action="append", default=[], metavar="NAME=VALUE",
+                    help="an IPVS sysctl at start, as named under /proc/sys/net/ipv4/vs/ "
+                         "(repeatable; `lvs sysctl` changes them while it runs)")
     dp.add_argument("--max-conns", type=int, metavar="N",
                     help="at most N connections and templates in the table: new ones beyond are "
                          "dropped and counted (table_full; sync_table_full for synced ones)")
@@ -104,6 +117,13 @@ def build_parser():
     dp.add_argument("--cleanup", action="store_true",
                     help="undo the host changes of a daemon that was killed (from its state file)")
     dp.set_defaults(func=_daemon)
+
+    sp = sub.add_parser("sysctl", help="show or set the running daemon's IPVS sysctls",
+                        description="As `sysctl net.ipv4.vs.NAME[=VALUE]` on a kernel director: "
+                                    "the running daemon's IPVS sysctls (all of them without NAME).")
+    sp.add_argument("items", nargs="*", metavar="NAME[=VALUE]")
+    sp.add_argument("--socket", metavar="PATH", help="the daemon's control socket")
+    sp.set_defaults(func=_sysctl)
 
     from . import ha, lab, realserver
     realserver.add_subparser(sub)

@@ -4,8 +4,8 @@ Defaults are the kernel's (ip_vs_ctl.c ip_vs_control_net_init_sysctl,
 ip_vs_lblc.c, ip_vs_lblcr.c). Every name the kernel has is accepted so that a
 sysctl dump loads; HONOURED lists the ones whose behaviour the engine reproduces.
 The others are stored and shown but change nothing (they govern memory
-pressure, conntrack or routing, none of which exists here; sync_ports and
-sync_sock_size: one sync socket per daemon, of the host's default size).
+pressure, conntrack or routing, none of which exists here; sync_sock_size:
+the sync sockets keep the host's default size).
 """
 
 from .errors import ConfigError
@@ -52,7 +52,7 @@ HONOURED = frozenset({
     "nat_icmp_send", "secure_tcp", "sloppy_tcp", "schedule_icmp", "cache_bypass",
     "drop_packet", "am_droprate", "lblc_expiration", "lblcr_expiration",
     "run_estimation", "pmtu_disc", "sync_threshold", "sync_version", "sync_refresh_period",
-    "sync_retries", "sync_persist_mode", "sync_qlen_max", "backup_only",
+    "sync_retries", "sync_persist_mode", "sync_qlen_max", "backup_only", "sync_ports",
 })
 
 # Ranges the kernel's handlers enforce (proc_dointvec_minmax, proc_do_defense_mode).
@@ -96,6 +96,8 @@ class EngineConfig:
             raise ConfigError("invalid value %r for sysctl %s" % (value, name)) from None
         if name == "sync_threshold" and (min(parsed) < 0 or (parsed[0] >= parsed[1] and parsed[1])):
             raise ConfigError("invalid value %r for sysctl %s" % (value, name))  # proc_do_sync_threshold
+        if name == "sync_ports" and parsed & (parsed - 1):
+            raise ConfigError("invalid value %r for sysctl %s" % (value, name))  # proc_do_sync_ports
         lo_hi = _RANGES.get(name)
         if lo_hi and not lo_hi[0] <= parsed <= lo_hi[1]:
             raise ConfigError("invalid value %r for sysctl %s" % (value, name))

@@ -19,6 +19,8 @@ answers with one JSON object and a newline, and closes. Version 1:
       the engine's drop counters, with --iface the live side's counters
       (ARP answers, frames to the engine, sent, ring drops per port, vip_owner...),
       and the sync daemons' counters (lvs/sync.py, lvs/syncmsg.py's REASONS).
+  {"pylvs": 1, "op": "sysctl", "set": {"name": "value", ...}}
+      -> {"pylvs": 1, "values": {...}}   all of "set" or none; the sysctls after it
   {"pylvs": 1, "op": "vips", "own": true|false}
       -> {"pylvs": 1, "owner": bool, "gratuitous_arp": N}
       answer ARP for the VIPs (announced by gratuitous ARP) or leave them to

@@ -161,6 +161,23 @@ class Daemon:
         if op == "stop":
             self.stopping = True
             return {"stopping": True}
+        if op == "sysctl":
+            # /proc/sys/net/ipv4/vs/*: all of "set" or none (checked on a copy first).
+            from .config import EngineConfig
+            changes = message.get("set") or {}
+            if not isinstance(changes, dict):
+                return {"error": "set must be an object of sysctl names and values"}
+            trial = EngineConfig()
+            try:
+                for name, value in changes.items():
+                    trial.set(name, value if isinstance(value, str) else str(value))
+                for name, value in changes.items():
+                    self.engine.config.set(name, value if isinstance(value, str) else str(value))
+            except ConfigError as e:
+                return {"error": e.message}
+            if changes and self.workers:
+                self.workers.ask(message)
+            return {"values": self.engine.config.values}
         if op == "vips":
             # A standby director's switch (keepalived's notify scripts): own the VIPs or not.
             if self.director is None:
@@ -302,8 +319,8 @@ class Daemon:
         loop.add_timer(self.engine.next_deadline, self._expire)
         loop.add_timer(self.engine.sync_deadline, self._sync_send)
         loop.add_timer(self._sync_backlog_deadline, self._sync_send)
-        if "backup" in self.sync_socks:
-            loop.add_reader(self.sync_socks["backup"][1], self._sync_read)
+        for sock in self.sync_socks.get("backup", (None, ()))[1]:
+            loop.add_reader(sock, self._sync_reader(sock))
         if self._extra_reader is not None:
             loop.add_reader(*self._extra_reader)
         try:
@@ -377,8 +394,9 @@ class Daemon:
     # ---------------------------------------------------------------- sync daemons
 
     def _follow_sync(self):
-        """After a command: open or close the sync sockets the engine's daemons need.
-        Returns the error text if one cannot be opened (the daemon is then stopped)."""
+        """After a command: open or close the sync sockets the engine's daemons need (one
+        per sync port). Returns the error text if one cannot be opened (the daemon is
+        then stopped)."""
         from .ports.mcast import SyncSocketError, receive_socket, send_socket
         daemons = self.engine.sync_daemons
         for state in ("master", "backup"):
@@ -389,27 +407,34 @@ class Daemon:
                 have = None
             if cfg is None or have is not None:
                 continue
+            opened = []
             try:
-                sock = (send_socket if state == "master" else receive_socket)(cfg)
+                for tid in range(self.engine.sync_ports):
+                    opened.append((send_socket if state == "master" else receive_socket)(cfg, tid))
             except (SyncSocketError, OSError, ValueError) as e:
+                for sock in opened:
+                    sock.close()
                 del daemons[state]
                 self.engine.sync_stopped(state)
                 self.log("lvs daemon: the %s sync daemon cannot start: %s" % (state, e))
                 return str(e)
-            self.sync_socks[state] = (cfg, sock)
+            self.sync_socks[state] = (cfg, opened)
             if state == "backup" and self.loop is not None:
-                self.loop.add_reader(sock, self._sync_read)
-            self.log("lvs daemon: %s sync daemon started (mcast=%s, syncid=%d, group=%s:%d)"
-                     % (state, cfg["mcast_ifn"], cfg["syncid"], cfg["mcast_group"], cfg["mcast_port"]))
+                for sock in opened:
+                    self.loop.add_reader(sock, self._sync_reader(sock))
+            self.log("lvs daemon: %s sync daemon started (mcast=%s, syncid=%d, group=%s:%d%s)"
+                     % (state, cfg["mcast_ifn"], cfg["syncid"], cfg["mcast_group"], cfg["mcast_port"],
+                        "-%d" % (cfg["mcast_port"] + len(opened) - 1) if len(opened) > 1 else ""))
         return None
 
     def _close_sync(self, state):
-        cfg, sock = self.sync_socks.pop(state)
+        cfg, socks = self.sync_socks.pop(state)
         if state == "master":
             self.sync_backlog = []   # stop_sync_thread frees what was not sent
-        if state == "backup" and self.loop is not None:
-            self.loop.remove_reader(sock)
-        sock.close()
+        for sock in socks:
+            if state == "backup" and self.loop is not None:
+                self.loop.remove_reader(sock)
+            sock.close()
         self.log("lvs daemon: %s sync daemon stopped" % state)
 
     def _sync_send(self, now):
@@ -422,9 +447,9 @@ class Daemon:
         if have is None:
             return
         stats = self.engine.sync_stats
-        for i, m in enumerate(backlog):
+        for i, (tid, m) in enumerate(backlog):
             try:
-                have[1].send(m)
+                have[1][tid].send(m)
             except (BlockingIOError, InterruptedError):
                 rest = backlog[i:]
                 room = self.engine.config.sync_qlen_max
@@ -439,20 +464,21 @@ class Daemon:
     def _sync_backlog_deadline(self):
         return self.now() + 0.005 if self.sync_backlog else None
 
-    def _sync_read(self):
-        have = self.sync_socks.get("backup")
-        if have is None:
-            return
-        cfg, sock = have
-        for _ in range(64):  # bounded: packets and commands wait for no flood
-            try:
-                data = sock.recv(cfg["sync_maxlen"])
-            except (BlockingIOError, InterruptedError):
+    def _sync_reader(self, sock):
+        def read():
+            have = self.sync_socks.get("backup")
+            if have is None:
                 return
-            except OSError:
-                self.engine.sync_stats["sync_receive_failed"] += 1
-                return
-            self.engine.sync_receive(data, self.now())
+            for _ in range(64):  # bounded: packets and commands wait for no flood
+                try:
+                    data = sock.recv(have[0]["sync_maxlen"])
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    self.engine.sync_stats["sync_receive_failed"] += 1
+                    return
+                self.engine.sync_receive(data, self.now())
+        return read
 
     def _follow(self):
         """After a command: the live side follows the tables (ARP, nftables)."""
@@ -506,7 +532,7 @@ class Daemon:
 
 def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic", out=sys.stdout,
           ifaces=(), state_path=None, log_path=None, ring=True, workers=1, standby=False,
-          max_conns=None):
+          max_conns=None, sysctls=()):
     """`lvs daemon`: returns the exit status."""
     if max_conns is not None and max_conns < 1:
         raise DaemonError("--max-conns: at least 1")
@@ -520,6 +546,14 @@ def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic",
         raise DaemonError("--workers and --feed: a capture goes to one process")
     daemon = Daemon(path, clock=clock)
     daemon.engine.conntab.limit = max_conns
+    for item in sysctls:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ConfigError("want NAME=VALUE")
+            daemon.engine.config.set(name.strip(), value.strip())
+        except ConfigError as e:
+            raise DaemonError("--sysctl %s: %s" % (item, e.message))
     daemon.worker_count = workers
     log_file = None
     if log_path:
@@ -638,6 +672,34 @@ def cleanup(state_path=None, out=sys.stdout):
     if failures:
         return 1
     out.write("lvs daemon: host restored from %s\n" % path)
+    return 0
+
+
+def sysctl(path, items, out=sys.stdout):
+    """`lvs sysctl [NAME[=VALUE]]...`: show or set the running daemon's IPVS sysctls,
+    printed as `sysctl` prints net.ipv4.vs.* (all of them without NAME)."""
+    changes, names = {}, []
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if name.startswith("net.ipv4.vs."):
+            name = name[len("net.ipv4.vs."):]
+        names.append(name)
+        if sep:
+            changes[name] = value.strip()
+    try:
+        answer = ctl.request(path, {"op": "sysctl", "set": changes}, timeout=10.0)
+    except ctl.NoDaemon:
+        raise DaemonError("no daemon running on %s" % path)
+    if "error" in answer:
+        raise DaemonError(answer["error"])
+    values = answer["values"]
+    for name in names or sorted(values):
+        if name not in values:
+            raise DaemonError("unknown sysctl %r" % name)
+        value = values[name]
+        shown = "\t".join(str(v) for v in value) if isinstance(value, list) else value
+        out.write("net.ipv4.vs.%s = %s\n" % (name, shown))
     return 0
 
 

@@ -11,6 +11,9 @@ that much (with `sync_retries` repeats); with `sync_persist_mode` the
 connections of a persistent service are left to their template. The entry
 goes into the current message; a full message is queued for sending (at most
 `sync_qlen_max`), a partly filled one is sent 2 s after its first entry.
+With `sync_ports` N (a power of two, read when the first daemon starts) a
+master sends on N ports from the configured one up, each connection always
+on the same one, and a backup listens on all N.
 The engine never sends: the daemon takes the datagrams (sync_take) at
 sync_deadline() and after each batch.
 
@@ -37,6 +40,7 @@ from .tables import HZ
 SYNC_TCP_STATES = frozenset((proto_tcp.ESTABLISHED, proto_tcp.FIN_WAIT, proto_tcp.CLOSE,
                              proto_tcp.CLOSE_WAIT, proto_tcp.TIME_WAIT))
 FLUSH_TIME = 2.0            # IPVS_SYNC_FLUSH_TIME: no entry waits longer in a buffer
+SYNC_PORTS_MAX = 64         # IPVS_SYNC_PORTS_MAX
 TEMPLATE_V0_TIMEOUT = 180.0  # a v0 message carries no timeout: templates get 3 minutes
 MAX_TIMEOUT = (2 ** 63 - 1) // HZ        # MAX_SCHEDULE_TIMEOUT / HZ, in seconds
 
@@ -46,12 +50,13 @@ def jiffies(now):
 
 
 class MasterState:
-    """A running master: its current message and the queue of full ones."""
+    """A running master: per sending port (struct ipvs_master_sync_state, one per
+    sync thread) its current message and the queue of full ones."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, ports):
         self.cfg = cfg
-        self.buf = None
-        self.queue = []
+        self.bufs = [None] * ports
+        self.queues = [[] for _ in range(ports)]
 
 
 class Sync:
@@ -60,12 +65,16 @@ class Sync:
     def _sync_init(self):
         self.sync_daemons = {}     # "master"/"backup" -> settings (lvs/adm.py start_daemon)
         self.sync_master = None    # MasterState while a master runs
+        self.sync_ports = 1        # sync threads (ports port, port+1 ...), fixed while a daemon runs
         self.sync_stats = Counter()
         self.sync_seq = {}         # connection -> (in_seq, out_seq) a master sent (ip_vs_seq)
 
     def sync_started(self, state):
+        if len(self.sync_daemons) == 1:
+            # start_sync_thread: the sync_ports sysctl counts when no daemon runs yet.
+            self.sync_ports = min(max(self.config.sync_ports, 1), SYNC_PORTS_MAX)
         if state == "master":
-            self.sync_master = MasterState(self.sync_daemons["master"])
+            self.sync_master = MasterState(self.sync_daemons["master"], self.sync_ports)
             self.conntab.sync_clock = True
         self.generation += 1   # backup_only may now apply: the fast path starts again
 
@@ -164,43 +173,51 @@ class Sync:
             data, n = syncmsg.encode_entry_v1(e), syncmsg.entry_len_v1(e)
         else:
             data, n = syncmsg.encode_entry_v0(e), syncmsg.entry_len_v0(e)
-        buf = ms.buf
+        # select_master_thread_id hashes the connection's address in memory; the
+        # connection's creation number serves here (one connection, one port).
+        tid = cp.seq & (len(ms.bufs) - 1)
+        buf = ms.bufs[tid]
         if buf is not None and not buf.accepts(version, n):
-            self._sync_queue(ms)
+            self._sync_queue(ms, tid)
             buf = None
         if buf is None:
-            buf = ms.buf = syncmsg.MessageBuffer(version, ms.cfg["syncid"], n,
-                                                 ms.cfg["sync_maxlen"], self.now)
+            buf = ms.bufs[tid] = syncmsg.MessageBuffer(version, ms.cfg["syncid"], n,
+                                                       ms.cfg["sync_maxlen"], self.now)
         buf.add(data)
         self.sync_stats["sync_entries_sent"] += 1
 
-    def _sync_queue(self, ms):
+    def _sync_queue(self, ms, tid):
         """sb_queue_tail: a full message waits for the sender, if the queue has room."""
-        if len(ms.queue) < self.config.sync_qlen_max:
-            ms.queue.append(ms.buf.message())
+        if len(ms.queues[tid]) < self.config.sync_qlen_max:
+            ms.queues[tid].append(ms.bufs[tid].message())
         else:
             self.sync_stats["sync_queue_full"] += 1
-        ms.buf = None
+        ms.bufs[tid] = None
 
     def sync_deadline(self):
-        """When the partly filled message is due (None: nothing waits)."""
+        """When a partly filled message is due (None: nothing waits)."""
         ms = self.sync_master
         if ms is None:
             return None
-        if ms.queue:
+        if any(ms.queues):
             return self.now
-        return ms.buf.firstuse + FLUSH_TIME if ms.buf is not None else None
+        times = [b.firstuse + FLUSH_TIME for b in ms.bufs if b is not None]
+        return min(times) if times else None
 
     def sync_take(self, now):
-        """The datagrams to multicast now: the queued ones, and the current one
-        once it is FLUSH_TIME old (next_sync_buff)."""
+        """The datagrams to multicast now, as (port offset, datagram): the queued ones,
+        and a current one once it is FLUSH_TIME old (next_sync_buff)."""
         ms = self.sync_master
         if ms is None:
             return []
-        out, ms.queue = ms.queue, []
-        if ms.buf is not None and now - ms.buf.firstuse >= FLUSH_TIME:
-            out.append(ms.buf.message())
-            ms.buf = None
+        out = []
+        for tid, queue in enumerate(ms.queues):
+            out += [(tid, m) for m in queue]
+            queue.clear()
+            buf = ms.bufs[tid]
+            if buf is not None and now - buf.firstuse >= FLUSH_TIME:
+                out.append((tid, buf.message()))
+                ms.bufs[tid] = None
         self.sync_stats["sync_messages_sent"] += len(out)
         return out
 

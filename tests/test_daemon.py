@@ -136,8 +136,14 @@ def test_a_backup_sync_daemon_installs_what_it_hears(sock):
     # The kernel's sync message over real multicast UDP on the loopback, into a
     # daemon's backup; lvs daemon --stats shows what it counted.
     from lvs.syncmsg import SyncEntry, encode
-    assert lvs("daemon", "--socket", sock, "--detach").returncode == 0
+    assert lvs("daemon", "--socket", sock, "--detach", "--sysctl", "sync_ports=2").returncode == 0
     env = dict(os.environ, LVS_SOCKET=sock)
+    # The sysctls, as `sysctl net.ipv4.vs.*` shows them; a bad value changes nothing.
+    r = lvs("sysctl", "--socket", sock, "sync_ports", "net.ipv4.vs.sync_threshold")
+    assert r.stdout == "net.ipv4.vs.sync_ports = 2\nnet.ipv4.vs.sync_threshold = 3\t50\n", r.stderr
+    r = lvs("sysctl", "--socket", sock, "sync_retries=1", "sync_ports=3")
+    assert r.returncode == 1 and "sync_ports" in r.stderr
+    assert lvs("sysctl", "--socket", sock, "sync_retries").stdout == "net.ipv4.vs.sync_retries = 0\n"
 
     def lvsadm(*args):
         return subprocess.run([sys.executable, "-c", "import sys; sys.argv[0] = 'lvsadm'; "
@@ -155,8 +161,9 @@ def test_a_backup_sync_daemon_installs_what_it_hears(sock):
     s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
     s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
     try:
-        for data in (good[:-3], encode([entry], syncid=8)[0], good):   # truncated, foreign, good
+        for data in (good[:-3], encode([entry], syncid=8)[0]):   # truncated, foreign
             s.sendto(data, ("224.0.0.81", 18848))
+        s.sendto(good, ("224.0.0.81", 18849))   # sync_ports 2: the second port is heard too
     finally:
         s.close()
     deadline = time.monotonic() + 5

@@ -274,13 +274,13 @@ def handshake(eng, cport=40000, t=T0):
 
 def relay(master, backup, now):
     """What the master sends by `now`, heard by the backup."""
-    for m in master.sync_take(now):
+    for _, m in master.sync_take(now):
         backup.sync_receive(m, now)
 
 
 def sent_entries(eng, now):
     out = []
-    for m in eng.sync_take(now):
+    for _, m in eng.sync_take(now):
         d = decode(m, syncid=7)
         assert d.dropped is None
         out += d.entries
@@ -293,7 +293,7 @@ def test_master_syncs_at_the_third_packet_then_every_fiftieth():
     eng = master_engine()
     eng.receive(tcp(40000, "S"), T0)
     eng.receive(tcp(40000, "A", 1001), T0 + 0.01)
-    assert eng.sync_master.buf is None
+    assert eng.sync_master.bufs == [None]
     eng.receive(tcp(40000, "PA", 1001, b"x"), T0 + 0.02)
     assert eng.sync_deadline() == T0 + 0.02 + 2.0          # IPVS_SYNC_FLUSH_TIME
     assert eng.sync_take(T0 + 1.0) == []
@@ -301,7 +301,7 @@ def test_master_syncs_at_the_third_packet_then_every_fiftieth():
     assert (e.state, e.timeout, e.cport, e.daddr) == (1, 900, 40000, A(RS2))   # rr: newest first
     for i in range(49):
         eng.receive(tcp(40000, "PA", 1002 + i, b"x"), T0 + 3)
-    assert eng.sync_master.buf is None                      # pkts 4..52
+    assert eng.sync_master.bufs == [None]                      # pkts 4..52
     eng.receive(tcp(40000, "PA", 2000, b"x"), T0 + 3)       # pkts 53: 53 % 50 == 3
     assert len(sent_entries(eng, T0 + 6)) == 1
     # A FIN moves the state (CLOSE_WAIT): sent at once, whatever the count.
@@ -318,7 +318,7 @@ def test_fast_path_and_general_path_sync_the_same():
         for i, flags in enumerate(["S", "A"] + ["PA"] * 120):
             eng.receive(tcp(40000, flags, 1000 + i, b"x" if flags == "PA" else b""), T0 + i * 0.001)
         results.append(eng.sync_take(T0 + 10))
-    assert results[0] == results[1] and len(decode(results[0][0]).entries) == 3
+    assert results[0] == results[1] and len(decode(results[0][0][1]).entries) == 3
 
 
 def test_templates_go_with_their_connections():
@@ -345,7 +345,7 @@ def test_templates_go_with_their_connections():
 def test_sync_version_0_sends_v0_and_refresh_period_rules():
     eng = master_engine(sync_version=0)
     handshake(eng)
-    (m,) = eng.sync_take(T0 + 2)
+    ((_, m),) = eng.sync_take(T0 + 2)
     assert m[:4] == H("01 07 001c") and decode(m).version == 0
     # sync_period 0 and a refresh period: sent when the timer moved by 10 s
     # (min of the refresh period and max(timeout/2, 10 s) would be 10 s here...)
@@ -354,7 +354,7 @@ def test_sync_version_0_sends_v0_and_refresh_period_rules():
     for i, flags in enumerate(["S", "A"] + ["PA"] * 40):
         t = T0 + i
         eng.receive(tcp(40000, flags, 1000 + i, b"x" if flags == "PA" else b""), t)
-        if eng.sync_master.buf is not None:
+        if eng.sync_master.bufs[0] is not None:
             times.append(i)
             eng.sync_take(t + 2.0)
     # ESTABLISHED at packet 1 (forced, refresh applies: the timer moved from the
@@ -367,7 +367,7 @@ def test_backup_installs_without_scheduling_and_forwards_to_the_same_server():
     master.receive(tcp(40000, "S"), T0)          # rr: RS2 first (newest first)
     master.receive(tcp(40000, "A", 1001), T0)
     master.receive(tcp(40000, "PA", 1001, b"x"), T0)
-    messages = master.sync_take(T0 + 2)
+    messages = [m for _, m in master.sync_take(T0 + 2)]
     (cp,) = [c for c in master.conn_list()]
     backup = backup_engine(method="-m")
     for m in messages:
@@ -695,3 +695,26 @@ def test_a_flood_of_messages_is_counted_and_bounded_by_the_table():
     assert sum(v for k, v in stats.items() if k in syncmsg.REASONS) == refusals > 1000
     assert len(backup.conn_list()) == 200 and stats["sync_table_full"] > 0
     assert backup.drops["internal_error"] == 0
+
+
+def test_sync_ports_spread_connections_over_ports_one_each():
+    # start_sync_thread reads sync_ports (a power of two) when no daemon runs yet; each
+    # connection goes out on one port (select_master_thread_id), always the same.
+    eng = Engine(seed=1)
+    with pytest.raises(Exception):
+        eng.config.set("sync_ports", 3)
+    eng.config.set("sync_ports", 4)
+    lvsadm(eng, "-A", "-t", VIP + ":80", "-s", "rr")
+    lvsadm(eng, "-a", "-t", VIP + ":80", "-r", RS1 + ":80", "-m")
+    lvsadm(eng, "--start-daemon", "master", "--mcast-interface", "eth0")
+    eng.config.set("sync_ports", 1)                 # read once: no effect now
+    assert eng.sync_ports == 4
+    for cport in range(40000, 40008):
+        handshake(eng, cport)
+    sent = eng.sync_take(T0 + 2)
+    by_port = {}
+    for tid, m in sent:
+        for e in decode(m).entries:
+            by_port.setdefault(e.cport, set()).add(tid)
+    assert sorted({tid for tid, _ in sent}) == [0, 1, 2, 3]
+    assert all(len(t) == 1 for t in by_port.values()) and len(by_port) == 8

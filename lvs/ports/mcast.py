@@ -32,8 +32,9 @@ def _ifindex(name):
         raise SyncSocketError("No such device") from None
 
 
-def send_socket(cfg):
-    """A master's socket for the settings `cfg` (lvs/adm.py start_daemon)."""
+def send_socket(cfg, tid=0):
+    """A master's socket for the settings `cfg` (lvs/adm.py start_daemon), sync
+    thread `tid` (its port is the configured one + tid: get_mcast_sockaddr)."""
     index = _ifindex(cfg["mcast_ifn"])
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
     try:
@@ -45,7 +46,7 @@ def send_socket(cfg):
         addrs = ipv4_addresses(cfg["mcast_ifn"])
         # bind_mcastif_addr: the interface's address (the kernel warns and binds 0.0.0.0 without one)
         s.bind((socket.inet_ntoa(addrs[0][0]) if addrs else "0.0.0.0", 0))
-        s.connect((cfg["mcast_group"], cfg["mcast_port"]))
+        s.connect((cfg["mcast_group"], cfg["mcast_port"] + tid))
         s.setblocking(False)
     except OSError as e:
         s.close()
@@ -53,14 +54,14 @@ def send_socket(cfg):
     return s
 
 
-def receive_socket(cfg):
-    """A backup's socket for `cfg`."""
+def receive_socket(cfg, tid=0):
+    """A backup's socket for `cfg`, sync thread `tid`."""
     index = _ifindex(cfg["mcast_ifn"])
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, cfg["mcast_ifn"].encode())
-        s.bind((cfg["mcast_group"], cfg["mcast_port"]))
+        s.bind((cfg["mcast_group"], cfg["mcast_port"] + tid))
         s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
                      struct.pack("=4s4si", socket.inet_aton(cfg["mcast_group"]), b"\0" * 4, index))
         s.setblocking(False)
