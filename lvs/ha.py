@@ -94,16 +94,14 @@ def _main(args):
     if state is None:
         sys.stderr.write("lvs vrrp-notify: no VRRP state (MASTER, BACKUP, FAULT, STOP) in %r\n" % args.args)
         return 2
-    log = None
-    if args.log:
-        def log(text):
+    def log(text):
+        if args.log:
             with open(args.log, "a") as f:
                 f.write(text + "\n")
     try:
         notify(state, args.mcast_interface, args.syncid, ctl.socket_path(args.socket), log)
     except ctl.NoDaemon as e:
         sys.stderr.write("lvs vrrp-notify: no daemon: %s\n" % e)
-        if log:
-            log("%.3f lvs vrrp-notify %s: no daemon (%s)" % (time.time(), state, e))
+        log("%.3f lvs vrrp-notify %s: no daemon (%s)" % (time.time(), state, e))
         return 1
     return 0

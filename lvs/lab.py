@@ -37,7 +37,6 @@ pylvs's own commands run with the same interpreter (sys.executable -m lvs).
 """
 
 import collections
-import hashlib
 import ipaddress
 import json
 import os
@@ -815,6 +814,7 @@ class Lab:
         return r
 
     def run(self):
+        from .lab_failover import FailoverSteps
         topo = self.topo
         vip = "%s:80" % topo.vip
         failures = 0
@@ -876,7 +876,8 @@ class Lab:
             self.say("      No port was rewritten: none of these servers uses DR or tunnelling.")
 
         if self.ha:
-            self._start_pair(saved_text)
+            self.pair = FailoverSteps(self)
+            self.pair.start(saved_text)
 
         self.step("correcting the mistake as the tutorial does: on the servers' side")
         for role in topo.servers:
@@ -933,150 +934,8 @@ class Lab:
             self.say("      inner client > VIP; the server answers the client directly, not through the director")
             self.say(_indent(trace or "(none captured)").rstrip("\n"))
         if self.ha:
-            failures += self._failover()
+            failures += self.pair.failover()
         return 1 if failures else 0
-
-    # ------------------------------------------------------------ --ha
-
-    def _start_pair(self, saved):
-        """The second director gets the same rules; keepalived --vrrp in both decides who serves."""
-        topo = self.topo
-        self.say("      # (in %s) lvsadm-restore < the rules above" % topo.netns("director2"))
-        r = topo.run("director2", [sys.executable, "-c", _LVSADM_RESTORE], input=saved)
-        if r.returncode != 0:
-            raise LabError("lvsadm-restore in director2: %s" % r.stderr.strip())
-        self.say("      keepalived --vrrp in both directors (VRRP only: pylvs is the load balancer):")
-        self.say("      priorities 150 and 100, both start BACKUP with nopreempt; the master holds the NAT")
-        self.say("      servers' gateway %s; `lvs vrrp-notify` makes its daemon own the VIP (gratuitous" % GATEWAY_IP)
-        self.say("      ARP) and the sync master, the other the sync backup (syncid %d)" % SYNCID)
-        topo.start_keepalived("director", 150)
-        topo.start_keepalived("director2", 100)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not (
-                topo.vrrp_state("director") == "MASTER" and topo.vrrp_state("director2") == "BACKUP"):
-            time.sleep(0.1)
-        if topo.vrrp_state("director") != "MASTER":
-            raise LabError("keepalived: no VRRP master within 20 s (director: %s, director2: %s)"
-                           % (topo.vrrp_state("director"), topo.vrrp_state("director2")))
-        for role in ("director", "director2"):
-            r = topo.lvsadm("-L", "--daemon", role=role)
-            self.say("      %s is VRRP %s: # lvsadm -L --daemon" % (role, topo.vrrp_state(role)))
-            self.say(_indent(r.stdout, "        ").rstrip("\n"))
-
-    def _failover(self):
-        """A download and a stream of new connections through the VIP; the master killed
-        in the middle (its pylvs daemon and its keepalived, SIGKILL); then it comes back."""
-        topo = self.topo
-        failures = 0
-        size = 24 << 20
-        blob = os.urandom(size)
-        digest = hashlib.sha256(blob).hexdigest()
-        for role in topo.servers:
-            with open(os.path.join(topo.workdir, "www-%s-%d" % (role, self.listen_port(role)), "big.bin"), "wb") as f:
-                f.write(blob)
-        del blob
-        self.step("failover: a 24 MB download at 4 MB/s and new requests every 0.2 s, while the master dies")
-        got = os.path.join(topo.workdir, "big.got")
-        # From ports of its own, to tell the download from the requests in the listings.
-        curl = topo.popen("client", ["curl", "-sS", "--noproxy", "*", "--max-time", "60", "--limit-rate", "4M",
-                                     "--local-port", "%d-%d" % (DOWNLOAD_PORTS[0], DOWNLOAD_PORTS[-1]),
-                                     "-o", got, "-w", "%{http_code} %{size_download} %{local_port}\n",
-                                     "http://%s/big.bin" % topo.vip], name="download", lifetime=90)
-        probes, t_kill, killed = [], None, False
-        start = time.monotonic()
-        while time.monotonic() - start < 10.0:
-            t = time.monotonic()
-            # The master dies once the other director knows the download (its first
-            # sync message goes out at most 2 s after the connection's third packet).
-            if not killed and t - start > 1.0 and (t - start > 5.0 or self._synced("director2")):
-                self._show_download_conn()
-                victims = [self._daemon_pid("director")] + topo.keepalived_pids("director")
-                for pid in victims:
-                    os.kill(pid, signal.SIGKILL)
-                t_kill, killed = time.time(), True
-                self.say("      %.1f s: kill -9 the master's lvs daemon and keepalived (pids %s)"
-                         % (t - start, " ".join(map(str, victims))))
-            res = topo.http_get("http://%s/" % topo.vip, timeout=1.0)
-            probes.append((time.time(), res.ok))
-            time.sleep(max(0.0, 0.2 - (time.monotonic() - t)))
-        deadline = time.monotonic() + 60
-        while curl.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        master_at = self._notify_time("director2", "MASTER")
-        if master_at:
-            self.say("      director2 became VRRP master %.2f s after the kill" % (master_at - t_kill))
-        lost = [t for t, ok in probes if not ok and t >= t_kill]
-        after = [t for t, ok in probes if ok and t > t_kill]
-        if after:
-            self.say("      new requests: %d of %d unanswered; answered again %.2f s after the kill"
-                     % (len(lost), len(probes), after[0] - t_kill))
-        else:
-            failures += 1
-            self.say("      new requests: none answered after the kill")
-        status = Topology.read_log(curl).split()
-        with open(got, "rb") as f:
-            ok = hashlib.sha256(f.read()).hexdigest() == digest
-        self.say("      the download: HTTP %s, %s bytes, sha256 %s" % (
-            status[0] if status else "?", status[1] if len(status) > 1 else "?",
-            "as served" if ok else "DIFFERENT"))
-        if not ok:
-            failures += 1
-        self.say("      # (in director2) lvsadm -Ln")
-        self.say(_indent(topo.lvsadm("-Ln", role="director2").stdout).rstrip("\n"))
-
-        self.step("the killed director comes back: lvs daemon --standby, keepalived; it stays VRRP backup")
-        topo.run("director", ["ip", "addr", "del", GATEWAY_IP + "/32", "dev", IFACE])
-        topo.lvs("director", "daemon", "--cleanup")
-        topo.start_daemon("--standby", log_path=self.daemon_log)
-        rules = topo.run("director2", [sys.executable, "-c", _LVSADM_SAVE, "-n"]).stdout
-        self.say("      # (in director) lvsadm-restore < director2's lvsadm-save -n")
-        r = topo.run("director", [sys.executable, "-c", _LVSADM_RESTORE], input=rules)
-        if r.returncode != 0:
-            raise LabError("lvsadm-restore in director: %s" % r.stderr.strip())
-        topo.start_keepalived("director", 150)
-        deadline = time.monotonic() + 15
-        while topo.vrrp_state("director") != "BACKUP" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self.say("      director is VRRP %s, director2 VRRP %s (nopreempt: no second switch)"
-                 % (topo.vrrp_state("director"), topo.vrrp_state("director2")))
-        for role in ("director", "director2"):
-            self.say("      %s: # lvsadm -L --daemon" % role)
-            self.say(_indent(topo.lvsadm("-L", "--daemon", role=role).stdout, "        ").rstrip("\n"))
-        return failures
-
-    def _download_rows(self, role):
-        """A director's -Lnc rows of the download (ESTABLISHED, from DOWNLOAD_PORTS)."""
-        ports = {"%s:%d" % (CLIENT_IP, p) for p in DOWNLOAD_PORTS}
-        return [line for line in self.topo.lvsadm("-Lnc", role=role).stdout.splitlines()
-                if "ESTABLISHED" in line and len(line.split()) > 3 and line.split()[3] in ports]
-
-    def _synced(self, role):
-        return bool(self._download_rows(role))
-
-    def _show_download_conn(self):
-        for role in ("director", "director2"):
-            rows = self._download_rows(role)
-            self.say("      %s's -Lnc, ESTABLISHED (%s):" % (
-                role, "it forwards them" if role == "director" else "synced, not forwarding"))
-            self.say(_indent("\n".join(rows) or "(none)", "        ").rstrip("\n"))
-
-    def _daemon_pid(self, role):
-        r = self.topo.run(role, [sys.executable, "-c", "from lvs import ctl; print(ctl.request("
-                                 "ctl.socket_path(), {'op': 'ping'})['pid'])"])
-        return int(r.stdout.strip())
-
-    def _notify_time(self, role, state):
-        """When `lvs vrrp-notify` last heard `state` in a director (wall clock), or None."""
-        when = None
-        try:
-            with open(os.path.join(self.topo.workdir, "%s-notify.log" % role)) as f:
-                for line in f:
-                    parts = line.split()
-                    if len(parts) > 3 and parts[3].rstrip(":") == state:
-                        when = float(parts[0])
-        except (OSError, ValueError):
-            return None
-        return when
 
     def _log_size(self):
         try:
