@@ -39,3 +39,14 @@ def test_the_memory_profile_names_where_a_connection_s_bytes_go(capsys):
     assert "2000 ESTABLISHED NAT connections" in out
     assert "lvs/conntab.py" in out        # the connection objects themselves
     assert profile.main(["nonsense"]) == 2
+
+
+def test_the_sync_case_measures_a_master_and_a_backup(capsys, monkeypatch):
+    monkeypatch.setattr(core, "timed", lambda fn, rounds: fn()[0] / fn()[1])
+    core.case_sync(quick=True)
+    rows = {r["case"]: r for r in (json.loads(line) for line in capsys.readouterr().out.splitlines()
+                                   if line.startswith("{"))}
+    master = rows["established nat 1k flows, sync master on"]
+    assert master["baseline"] > 0 and master["sent"] >= 1000     # every flow was sent at least once
+    assert rows["sync backup, entries installed"]["value"] > 0
+    assert rows["sync backup, entries updated"]["value"] > 0
