@@ -1110,9 +1110,12 @@ def lab_main(args, out=sys.stdout, err=sys.stderr):
                 topo._procs = [(p, w) for p, w in topo._procs if p.poll() is None]
                 _keep_notes(lab, out, failed)
             else:
-                out.write("[done] cleaning up: stopping the daemon and the real-server helpers, "
-                          "deleting the namespaces\n")
-                out.flush()
+                try:
+                    out.write("[done] cleaning up: stopping the daemon and the real-server helpers, "
+                              "deleting the namespaces\n")
+                    out.flush()
+                except OSError:
+                    pass  # stdout is gone (`lvs lab | head`): nobody reads, the cleanup goes on
                 try:
                     topo.teardown()
                 except LabError as e:

@@ -306,6 +306,26 @@ def test_an_interrupted_lab_cleans_up(tag, tmp_path, sig):
     assert not os.path.exists(lab.workdir_for(tag))
 
 
+@needs_root
+def test_a_lab_whose_output_is_closed_still_cleans_up(tag):
+    # `lvs lab | head -3`: the reader goes away; writes fail, the namespaces still go.
+    p = subprocess.Popen([sys.executable, "-m", "lvs", "lab", "--tag", tag], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        assert p.stdout.readline().startswith(b"[1/8]")
+        deadline = time.monotonic() + 30
+        while not lab.lab_namespaces(tag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        p.stdout.close()
+        p.wait(120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert not lab.lab_namespaces(tag)
+    assert not os.path.exists(lab.workdir_for(tag))
+
+
 def _missing_lab_parts():
     daemon = lvs("daemon", "--help").stdout
     realserver = lvs("realserver", "--help").stdout
