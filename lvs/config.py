@@ -80,6 +80,13 @@ class EngineConfig:
     def values(self):
         return {name: self.__dict__[name] for name in DEFAULTS}
 
+    def assign(self, item):
+        """Set one sysctl from "NAME=VALUE" (a command line's --sysctl)."""
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError("bad sysctl %r: want NAME=VALUE" % item)
+        self.set(name.strip(), value.strip())
+
     def set(self, name, value):
         """Set one sysctl; `value` may be the text written to /proc."""
         if name not in DEFAULTS:

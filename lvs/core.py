@@ -55,6 +55,9 @@ class PacketPath:
         self.resolved = None     # the direction it went by, if it was sent
         try:
             self._receive(packet)
+        except TableFull:
+            # ip_vs_conn_new failed (*ignored = -1): the packet is dropped, no ICMP.
+            self.count_drop("table_full")
         except Exception:  # a bug must not take the director down: count it
             self.count_drop("internal_error")
             return []
@@ -300,10 +303,7 @@ class PacketPath:
             return self.count_drop("drop_packet")
         if sport == 20:  # never schedule active FTP data from a real server
             return self.count_drop("ftp_data")
-        try:
-            cp = self._schedule(svc, PacketInfo(proto, saddr, daddr, sport, dport))
-        except TableFull:
-            return self.count_drop("table_full")  # ip_vs_conn_new failed: *ignored = -1, dropped
+        cp = self._schedule(svc, PacketInfo(proto, saddr, daddr, sport, dport))
         if cp is None:
             self._leave(svc, buf, dport)
         return cp
@@ -420,10 +420,7 @@ class PacketPath:
         daddr = bytes(buf[16:20])
         if (self.config.cache_bypass and svc.fwmark and 0 < daddr[0] < 224
                 and daddr != b"\xff\xff\xff\xff"):
-            try:
-                return self._bypass(svc, buf)
-            except TableFull:
-                return self.count_drop("table_full")
+            return self._bypass(svc, buf)
         if svc.port == FTPPORT and dport != FTPPORT:
             return self.count_drop("no_service")
         self.send_icmp_error(buf, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0)
@@ -465,11 +462,7 @@ class PacketPath:
         if cport == 20:
             self.count_drop("ftp_data")
             return None
-        try:
-            cp = self._schedule(svc, PacketInfo(proto, caddr, vaddr, cport, vport))
-        except TableFull:
-            self.count_drop("table_full")
-            return None
+        cp = self._schedule(svc, PacketInfo(proto, caddr, vaddr, cport, vport))
         if cp is None:
             self.count_drop("no_dest")
         return cp

@@ -30,6 +30,8 @@ from .pcap import CaptureError
 from .ports.raw import PortGone
 
 BATCH = 64
+NO_SYNC_WITH_WORKERS = {"stdout": "", "status": 255,
+                        "stderr": "lvs daemon: the sync daemons are not available with --workers\n"}
 
 
 class DaemonError(Exception):
@@ -167,12 +169,11 @@ class Daemon:
             changes = message.get("set") or {}
             if not isinstance(changes, dict):
                 return {"error": "set must be an object of sysctl names and values"}
-            trial = EngineConfig()
+            changes = {name: str(value) for name, value in changes.items()}
             try:
-                for name, value in changes.items():
-                    trial.set(name, value if isinstance(value, str) else str(value))
-                for name, value in changes.items():
-                    self.engine.config.set(name, value if isinstance(value, str) else str(value))
+                for config in (EngineConfig(), self.engine.config):
+                    for name, value in changes.items():
+                        config.set(name, value)
             except ConfigError as e:
                 return {"error": e.message}
             if changes and self.workers:
@@ -196,16 +197,11 @@ class Daemon:
             self.engine.interfaces = _interfaces()
             if self.workers:
                 if adm.command_kind(argv, message.get("prog") or "ipvsadm") == "daemon":
-                    return {"stdout": "", "status": 255, "stderr": "lvs daemon: the sync daemons "
-                            "are not available with --workers\n"}
+                    return dict(NO_SYNC_WITH_WORKERS)
                 return self._adm_everywhere(message, argv)
             out, err, status = adm.run(self.engine, argv, message.get("stdin"),
                                        prog=message.get("prog") or "ipvsadm")
-            self._follow()
-            failure = self._follow_sync()
-            if failure:
-                err, status = err + failure + "\n", 255
-            return {"stdout": out, "stderr": err, "status": status}
+            return self._changed(out, err, status)
         if op == "replace":
             # lvsadm-restore: ipvsadm -C then -R, but only once the whole input
             # has restored cleanly onto empty tables.
@@ -215,8 +211,7 @@ class Daemon:
             prog = message.get("prog") or "ipvsadm"
             if self.workers and any(adm.command_kind(argv[1:], prog) == "daemon"
                                     for _, argv in adm.config_stream_lines(text)):
-                return {"stdout": "", "status": 255, "stderr": "lvs daemon: the sync daemons "
-                        "are not available with --workers\n"}
+                return dict(NO_SYNC_WITH_WORKERS)
             # The trial: empty tables, but the sync daemons as they run (-C leaves them).
             trial = Engine()
             trial.interfaces = _interfaces()
@@ -227,10 +222,7 @@ class Daemon:
                 out, err, status = adm.run(self.engine, ["-R"], text, prog=prog)
                 if self.workers:
                     self.workers.ask(message)
-                self._follow()
-                failure = self._follow_sync()
-                if failure:
-                    err, status = err + failure + "\n", 255
+                return self._changed(out, err, status)
             return {"stdout": out, "stderr": err, "status": status}
         if op == "feed":
             if self.workers:
@@ -391,6 +383,15 @@ class Daemon:
             if len(self.engine.trash) != trash:
                 self._follow()  # a NAT server left the trash: its replies are no longer ours
 
+    def _changed(self, out, err, status):
+        """The answer to a command that may have changed the tables or the sync
+        daemons, once the live side and the sync sockets follow them."""
+        self._follow()
+        failure = self._follow_sync()
+        if failure:
+            err, status = err + failure + "\n", 255
+        return {"stdout": out, "stderr": err, "status": status}
+
     # ---------------------------------------------------------------- sync daemons
 
     def _follow_sync(self):
@@ -544,16 +545,12 @@ def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic",
         raise DaemonError("--workers needs --iface: the workers share interfaces")
     if workers > 1 and feed_paths:
         raise DaemonError("--workers and --feed: a capture goes to one process")
-    daemon = Daemon(path, clock=clock)
-    daemon.engine.conntab.limit = max_conns
+    daemon = Daemon(path, engine=Engine(max_conns=max_conns), clock=clock)
     for item in sysctls:
-        name, sep, value = item.partition("=")
         try:
-            if not sep:
-                raise ConfigError("want NAME=VALUE")
-            daemon.engine.config.set(name.strip(), value.strip())
+            daemon.engine.config.assign(item)
         except ConfigError as e:
-            raise DaemonError("--sysctl %s: %s" % (item, e.message))
+            raise DaemonError("--sysctl: %s" % e.message)
     daemon.worker_count = workers
     log_file = None
     if log_path:
@@ -675,6 +672,17 @@ def cleanup(state_path=None, out=sys.stdout):
     return 0
 
 
+def _ask(path, message, timeout=10.0):
+    """One request to the running daemon; DaemonError if there is none or it refuses."""
+    try:
+        answer = ctl.request(path, message, timeout=timeout)
+    except ctl.NoDaemon:
+        raise DaemonError("no daemon running on %s" % path)
+    if "error" in answer:
+        raise DaemonError(answer["error"])
+    return answer
+
+
 def sysctl(path, items, out=sys.stdout):
     """`lvs sysctl [NAME[=VALUE]]...`: show or set the running daemon's IPVS sysctls,
     printed as `sysctl` prints net.ipv4.vs.* (all of them without NAME)."""
@@ -687,13 +695,7 @@ def sysctl(path, items, out=sys.stdout):
         names.append(name)
         if sep:
             changes[name] = value.strip()
-    try:
-        answer = ctl.request(path, {"op": "sysctl", "set": changes}, timeout=10.0)
-    except ctl.NoDaemon:
-        raise DaemonError("no daemon running on %s" % path)
-    if "error" in answer:
-        raise DaemonError(answer["error"])
-    values = answer["values"]
+    values = _ask(path, {"op": "sysctl", "set": changes})["values"]
     for name in names or sorted(values):
         if name not in values:
             raise DaemonError("unknown sysctl %r" % name)
@@ -705,10 +707,7 @@ def sysctl(path, items, out=sys.stdout):
 
 def print_stats(path, out=sys.stdout):
     """`lvs daemon --stats`: the daemon's counters, as its stats request answers them."""
-    try:
-        answer = ctl.request(path, {"op": "stats"}, timeout=10.0)
-    except ctl.NoDaemon:
-        raise DaemonError("no daemon running on %s" % path)
+    answer = _ask(path, {"op": "stats"})
     answer.pop("pylvs", None)
     out.write(json.dumps(answer, indent=1, sort_keys=True) + "\n")
     return 0
@@ -716,12 +715,7 @@ def print_stats(path, out=sys.stdout):
 
 def own_vips(path, own, out=sys.stdout):
     """`lvs daemon --own-vips/--release-vips`: switch the running daemon's VIP ownership."""
-    try:
-        answer = ctl.request(path, {"op": "vips", "own": own}, timeout=5.0)
-    except ctl.NoDaemon:
-        raise DaemonError("no daemon running on %s" % path)
-    if "error" in answer:
-        raise DaemonError(answer["error"])
+    answer = _ask(path, {"op": "vips", "own": own})
     out.write("lvs daemon: VIPs %s%s\n" % ("owned" if own else "released",
               " (%d gratuitous ARP)" % answer["gratuitous_arp"] if own else ""))
     return 0

@@ -216,9 +216,7 @@ class Director:
         if not own or self.worker:
             return 0
         sent = 0
-        for port in self.ports:
-            if port.name not in self.by_name or self.by_name[port.name] is not port:
-                continue  # with fanout: the ARP port of the same interface sends nothing
+        for port in self.by_name.values():   # with fanout, not the interfaces' ARP ports too
             for vip in sorted(self.vips):
                 port.send(arp.request(port.mac, vip, vip))
                 sent += 1

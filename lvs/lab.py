@@ -653,14 +653,30 @@ class Topology:
                 pass
         return found
 
-    def vrrp_state(self, role):
-        """The last state `lvs vrrp-notify` was told in a director, or None."""
+    def vrrp_events(self, role):
+        """[(wall-clock time, state)] `lvs vrrp-notify` was told in a director, in order
+        (its log lines: TIME lvs vrrp-notify STATE: ...)."""
+        events = []
         try:
             with open(os.path.join(self.workdir, "%s-notify.log" % role)) as f:
-                lines = [line.split() for line in f if "vrrp-notify" in line]
-        except OSError:
-            return None
-        return lines[-1][3].rstrip(":") if lines else None
+                for line in f:
+                    parts = line.split()
+                    if len(parts) > 3 and parts[1:3] == ["lvs", "vrrp-notify"]:
+                        events.append((float(parts[0]), parts[3].rstrip(":")))
+        except (OSError, ValueError):
+            pass
+        return events
+
+    def vrrp_state(self, role):
+        """The last state `lvs vrrp-notify` was told in a director, or None."""
+        events = self.vrrp_events(role)
+        return events[-1][1] if events else None
+
+    def daemon_pid(self, role="director"):
+        """A director's daemon, as its control socket names it."""
+        r = self.python(role, "from lvs import ctl; print(ctl.request(ctl.socket_path(), "
+                              "{'op': 'ping'})['pid'])")
+        return int(r.stdout.strip())
 
     def realserver_down(self, role, timeout=30):
         r = self.lvs(role, "realserver", "--down", timeout=timeout)

@@ -73,26 +73,27 @@ class FailoverSteps:
             # sync message goes out at most 2 s after the connection's third packet).
             if not killed and t - start > 1.0 and (t - start > 5.0 or self._synced("director2")):
                 self._show_download_conn()
-                victims = [self._daemon_pid("director")] + topo.keepalived_pids("director")
+                victims = [topo.daemon_pid("director")] + topo.keepalived_pids("director")
                 for pid in victims:
                     os.kill(pid, signal.SIGKILL)
                 t_kill, killed = time.time(), True
                 self.lab.say("      %.1f s: kill -9 the master's lvs daemon and keepalived (pids %s)"
-                         % (t - start, " ".join(map(str, victims))))
+                             % (t - start, " ".join(map(str, victims))))
             res = topo.http_get("http://%s/" % topo.vip, timeout=1.0)
             probes.append((time.time(), res.ok))
             time.sleep(max(0.0, 0.2 - (time.monotonic() - t)))
         deadline = time.monotonic() + 60
         while curl.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        master_at = self._notify_time("director2", "MASTER")
+        master_at = max((t for t, state in topo.vrrp_events("director2") if state == "MASTER"),
+                        default=None)
         if master_at:
             self.lab.say("      director2 became VRRP master %.2f s after the kill" % (master_at - t_kill))
         lost = [t for t, ok in probes if not ok and t >= t_kill]
         after = [t for t, ok in probes if ok and t > t_kill]
         if after:
             self.lab.say("      new requests: %d of %d unanswered; answered again %.2f s after the kill"
-                     % (len(lost), len(probes), after[0] - t_kill))
+                         % (len(lost), len(probes), after[0] - t_kill))
         else:
             failures += 1
             self.lab.say("      new requests: none answered after the kill")
@@ -121,7 +122,7 @@ class FailoverSteps:
         while topo.vrrp_state("director") != "BACKUP" and time.monotonic() < deadline:
             time.sleep(0.1)
         self.lab.say("      director is VRRP %s, director2 VRRP %s (nopreempt: no second switch)"
-                 % (topo.vrrp_state("director"), topo.vrrp_state("director2")))
+                     % (topo.vrrp_state("director"), topo.vrrp_state("director2")))
         for role in ("director", "director2"):
             self.lab.say("      %s: # lvsadm -L --daemon" % role)
             self.lab.say(_indent(topo.lvsadm("-L", "--daemon", role=role).stdout, "        ").rstrip("\n"))
@@ -142,22 +143,3 @@ class FailoverSteps:
             self.lab.say("      %s's -Lnc, ESTABLISHED (%s):" % (
                 role, "it forwards them" if role == "director" else "synced, not forwarding"))
             self.lab.say(_indent("\n".join(rows) or "(none)", "        ").rstrip("\n"))
-
-    def _daemon_pid(self, role):
-        r = self.lab.topo.run(role, [sys.executable, "-c", "from lvs import ctl; print(ctl.request("
-                                 "ctl.socket_path(), {'op': 'ping'})['pid'])"])
-        return int(r.stdout.strip())
-
-    def _notify_time(self, role, state):
-        """When `lvs vrrp-notify` last heard `state` in a director (wall clock), or None."""
-        when = None
-        try:
-            with open(os.path.join(self.lab.topo.workdir, "%s-notify.log" % role)) as f:
-                for line in f:
-                    parts = line.split()
-                    if len(parts) > 3 and parts[3].rstrip(":") == state:
-                        when = float(parts[0])
-        except (OSError, ValueError):
-            return None
-        return when
-

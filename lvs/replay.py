@@ -123,11 +123,8 @@ def replay(rules_path, capture_path, out_path=None, sysctls=(), fwmarks=(), neig
     stderr = stderr or sys.stderr
     config = EngineConfig()
     for item in sysctls:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ReplayError("bad --sysctl %r: want NAME=VALUE" % item)
         try:
-            config.set(name, value)
+            config.assign(item)
         except ConfigError as e:
             raise ReplayError("--sysctl: %s" % e.message)
     marks = [parse_fwmark(text) for text in fwmarks]

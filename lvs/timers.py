@@ -18,8 +18,7 @@ class Timers:
     def next_deadline(self):
         """When expire() next has work to do (connection, fragment and estimator timers)."""
         times = [t for t in (self.conntab.next_deadline(), self.defrag.next_deadline(),
-                             self._next_estimate, self._trash_timer, self._nodest_flush,
-                             self.sync_deadline())
+                             self._next_estimate, self._trash_timer, self._nodest_flush)
                  if t is not None]
         return min(times) if times else None
 

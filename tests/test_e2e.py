@@ -181,9 +181,7 @@ def finish_hold(lab, p, release):
 
 def daemon_pid(topo):
     """The director's daemon, as its control socket names it."""
-    r = topo.python("director", "from lvs import ctl; import json; "
-                                "print(json.dumps(ctl.request(ctl.socket_path(), {'op': 'ping'})))")
-    return json.loads(r.stdout)["pid"]
+    return topo.daemon_pid("director")
 
 
 def dest_counts(lab, addr_port):

@@ -175,7 +175,7 @@ def test_keepalived_moves_the_vip_and_the_backup_carries_the_connections_on(pair
     master_view, backup_view = synced(topo, "director"), synced(topo, "director2")
 
     # The master dies: its pylvs daemon and its keepalived killed outright.
-    victims = [ctl(topo, "director", "ping")["pid"]] + topo.keepalived_pids("director")
+    victims = [topo.daemon_pid("director")] + topo.keepalived_pids("director")
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     t_kill = time.monotonic()
