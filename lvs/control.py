@@ -4,7 +4,12 @@ ServiceSpec and DestSpec mirror ip_vs_service_user_kern and
 ip_vs_dest_user_kern; Command mirrors ipvsadm's ipvs_command_entry. The rule
 grammar (lvs.rules) builds them, Engine.apply carries them out, and the
 engine raises ConfigError with ipvsadm's text for what the kernel refuses.
+
+Addresses are raw bytes, 4 for IPv4 and 16 for IPv6: their length is the
+address family (a fwmark service's zero address says which family it is).
 """
+
+from .flags import AF_INET, AF_INET6
 
 # Command names, ipvsadm's CMD_* in words.
 ADD_SERVICE = "add-service"      # -A
@@ -25,21 +30,35 @@ class ServiceSpec:
                  "timeout", "netmask", "pe_name")
 
     def __init__(self, protocol=0, addr=b"\0\0\0\0", port=0, fwmark=0,
-                 sched_name="wlc", flags=0, timeout=0, netmask=0xFFFFFFFF,
+                 sched_name="wlc", flags=0, timeout=0, netmask=None,
                  pe_name=""):
         self.protocol = protocol    # 6 or 17; 0 for a fwmark service
-        self.addr = addr            # 4 raw bytes
+        self.addr = addr            # 4 or 16 raw bytes
         self.port = port
         self.fwmark = fwmark
         self.sched_name = sched_name
         self.flags = flags          # IP_VS_SVC_F_*
         self.timeout = timeout      # persistence, seconds
-        self.netmask = netmask      # host-order int
+        if netmask is None:         # IPv4: a host-order mask; IPv6: a prefix length
+            netmask = 128 if len(addr) == 16 else 0xFFFFFFFF
+        self.netmask = netmask
         self.pe_name = pe_name
 
     @property
+    def af(self):
+        return AF_INET6 if len(self.addr) == 16 else AF_INET
+
+    @property
     def key(self):
-        return ("f", self.fwmark) if self.fwmark else (self.protocol, self.addr, self.port)
+        return service_key(self.protocol, self.addr, self.port, self.fwmark)
+
+
+def service_key(protocol, addr, port, fwmark):
+    """The services table's key: a fwmark service is found by mark and family
+    (ip_vs_svc_fwm_hashkey), the others by protocol, address and port."""
+    if fwmark:
+        return ("f", fwmark, AF_INET6 if len(addr) == 16 else AF_INET)
+    return (protocol, addr, port)
 
 
 class DestSpec:
@@ -51,7 +70,7 @@ class DestSpec:
     def __init__(self, addr=b"\0\0\0\0", port=0, conn_flags=0x0003, weight=1,
                  u_threshold=0, l_threshold=0, tun_type=0, tun_port=0,
                  tun_flags=0):
-        self.addr = addr
+        self.addr = addr              # its length is the family: it may differ from the service's for tunnels
         self.port = port
         self.conn_flags = conn_flags  # forwarding method, IP_VS_CONN_F_*; -g is the default
         self.weight = weight

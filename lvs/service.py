@@ -1,11 +1,13 @@
 """Virtual services and their real servers (struct ip_vs_service, ip_vs_dest).
 
-Addresses are kept as 4 raw bytes (the form they have in a packet) and ports
-as ints, so the packet path compares them without conversion.
+Addresses are kept as raw bytes (the form they have in a packet: 4 for IPv4,
+16 for IPv6, so their length is the family) and ports as ints, so the packet
+path compares them without conversion.
 """
 
+from .control import service_key
 from .flags import (
-    IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_INACTIVE, IP_VS_CONN_F_MASQ,
+    AF_INET, AF_INET6, IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_INACTIVE, IP_VS_CONN_F_MASQ,
     IP_VS_CONN_F_NOOUTPUT, IP_VS_DEST_F_AVAILABLE, IP_VS_DEST_F_OVERLOAD,
     IP_VS_SVC_F_PERSISTENT,
 )
@@ -46,6 +48,10 @@ class Dest:
         # Called with the dest after its counts, weight or flags change: the
         # scheduler's index (schedulers/_index.py) keeps its tree in step.
         self.watch = None
+
+    @property
+    def af(self):
+        return AF_INET6 if len(self.addr) == 16 else AF_INET
 
     @property
     def fwd(self):
@@ -145,14 +151,15 @@ class Service:
 
     def __init__(self, protocol, addr, port, fwmark=0):
         self.protocol = protocol
-        self.addr = addr          # 4 bytes; b"\0\0\0\0" for fwmark services
+        self.addr = addr          # 4 or 16 bytes; all zero for fwmark services
         self.port = port
         self.fwmark = fwmark
         self.sched_name = ""
         self.scheduler = None
         self.flags = 0
         self.timeout = 0          # persistence timeout, seconds
-        self.netmask = 0xFFFFFFFF  # persistence netmask, host order
+        # persistence netmask: host order for IPv4, a prefix length for IPv6
+        self.netmask = 128 if len(addr) == 16 else 0xFFFFFFFF
         self.pe_name = ""
         # Kernel list order: ip_vs_ctl.c adds a new dest at the HEAD of
         # svc->destinations (list_add_rcu), so the newest dest comes first and
@@ -165,8 +172,12 @@ class Service:
         return bool(self.flags & IP_VS_SVC_F_PERSISTENT)
 
     @property
+    def af(self):
+        return AF_INET6 if len(self.addr) == 16 else AF_INET
+
+    @property
     def key(self):
-        return ("f", self.fwmark) if self.fwmark else (self.protocol, self.addr, self.port)
+        return service_key(self.protocol, self.addr, self.port, self.fwmark)
 
     def find_dest(self, addr, port):
         for dest in self.destinations:

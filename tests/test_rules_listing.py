@@ -319,20 +319,20 @@ ORACLE_CASES = [
     ('-a -t 203.0.113.200:80 -r 192.0.2.11 --gatewaying --masquerading', 2, "multiple 'forwarding-method' options specified"),
     ('-a -t 203.0.113.200:80 -r 192.0.2.11 -p', 2, "Illegal 'persistent' option with the 'add-server' command"),
     ('-A -f 0', 2, "invalid fwmark value `0' specified"),
-    ('-A -f 5', 0, {'cmd': 'add-service', 'svc': (('f', 5), 'wlc', 0, 0, 4294967295, '')}),
-    ('-A -f 007', 0, {'cmd': 'add-service', 'svc': (('f', 7), 'wlc', 0, 0, 4294967295, '')}),
-    ('-A -f 4294967295', 0, {'cmd': 'add-service', 'svc': (('f', 4294967295), 'wlc', 0, 0, 4294967295, '')}),
+    ('-A -f 5', 0, {'cmd': 'add-service', 'svc': (('f', 5, 2), 'wlc', 0, 0, 4294967295, '')}),
+    ('-A -f 007', 0, {'cmd': 'add-service', 'svc': (('f', 7, 2), 'wlc', 0, 0, 4294967295, '')}),
+    ('-A -f 4294967295', 0, {'cmd': 'add-service', 'svc': (('f', 4294967295, 2), 'wlc', 0, 0, 4294967295, '')}),
     ('-A -f 4294967296', 2, "invalid fwmark value `4294967296' specified"),
     ('-A -f -7', 2, "invalid fwmark value `-7' specified"),
     ('-A -f 7x', 2, "invalid fwmark value `7x' specified"),
-    ('-A -f 5 -M 255.255.255.0 -p 10', 0, {'cmd': 'add-service', 'svc': (('f', 5), 'wlc', 1, 10, 4294967040, '')}),
-    ('-A -f 3 -o', 0, {'cmd': 'add-service', 'svc': (('f', 3), 'wlc', 4, 0, 4294967295, '')}),
+    ('-A -f 5 -M 255.255.255.0 -p 10', 0, {'cmd': 'add-service', 'svc': (('f', 5, 2), 'wlc', 1, 10, 4294967040, '')}),
+    ('-A -f 3 -o', 0, {'cmd': 'add-service', 'svc': (('f', 3, 2), 'wlc', 4, 0, 4294967295, '')}),
     ('-A -f 5 -t 203.0.113.200:80', 2, "multiple 'service-address' options specified"),
     ('-A -t 203.0.113.200:80 -f 5', 2, "multiple 'service-address' options specified"),
     ('-A --tcp-service 203.0.113.200:80 --udp-service 203.0.113.200:80', 2, "multiple 'service-address' options specified"),
-    ('-a -f 5 -r 192.0.2.11:http -g', 0, {'cmd': 'add-dest', 'svc': (('f', 5), '', 0, 0, 4294967295, ''), 'dest': ('192.0.2.11', 80, 3, 1, 0, 0, 0, 0, 0)}),
-    ('-a -f 5 -r 192.0.2.11:http -m', 0, {'cmd': 'add-dest', 'svc': (('f', 5), '', 0, 0, 4294967295, ''), 'dest': ('192.0.2.11', 80, 0, 1, 0, 0, 0, 0, 0)}),
-    ('-a -f 5 -r 192.0.2.11 -m', 0, {'cmd': 'add-dest', 'svc': (('f', 5), '', 0, 0, 4294967295, ''), 'dest': ('192.0.2.11', 0, 0, 1, 0, 0, 0, 0, 0)}),
+    ('-a -f 5 -r 192.0.2.11:http -g', 0, {'cmd': 'add-dest', 'svc': (('f', 5, 2), '', 0, 0, 4294967295, ''), 'dest': ('192.0.2.11', 80, 3, 1, 0, 0, 0, 0, 0)}),
+    ('-a -f 5 -r 192.0.2.11:http -m', 0, {'cmd': 'add-dest', 'svc': (('f', 5, 2), '', 0, 0, 4294967295, ''), 'dest': ('192.0.2.11', 80, 0, 1, 0, 0, 0, 0, 0)}),
+    ('-a -f 5 -r 192.0.2.11 -m', 0, {'cmd': 'add-dest', 'svc': (('f', 5, 2), '', 0, 0, 4294967295, ''), 'dest': ('192.0.2.11', 0, 0, 1, 0, 0, 0, 0, 0)}),
     ('-A -t 203.0.113.200:80 -b sh-port', 2, "incompatible scheduler flag `sh-port'"),
     ('-A -t 203.0.113.200:80 -s sh -b sh-port,flag-3', 0, {'cmd': 'add-service', 'svc': ((6, '203.0.113.200', 80), 'sh', 48, 0, 4294967295, '')}),
     ('-A -t 203.0.113.200:80 -b flag-1 -s sh', 0, {'cmd': 'add-service', 'svc': ((6, '203.0.113.200', 80), 'sh', 8, 0, 4294967295, '')}),
@@ -373,7 +373,7 @@ ORACLE_CASES = [
     ('-e -t 203.0.113.200:80 -r 192.0.2.11', 0, {'cmd': 'edit-dest', 'svc': ((6, '203.0.113.200', 80), '', 0, 0, 4294967295, ''), 'dest': ('192.0.2.11', 80, 3, 1, 0, 0, 0, 0, 0)}),
     ('-d -t 203.0.113.200:80 -r 192.0.2.11:90 -m', 2, "Illegal 'forwarding-method' option with the 'delete-server' command"),
     ('-d -t 203.0.113.200:80 -r 192.0.2.11:90', 0, {'cmd': 'del-dest', 'svc': ((6, '203.0.113.200', 80), '', 0, 0, 4294967295, ''), 'dest': ('192.0.2.11', 90, 3, 1, 0, 0, 0, 0, 0)}),
-    ('-d -f 7 -r 192.0.2.11', 0, {'cmd': 'del-dest', 'svc': (('f', 7), '', 0, 0, 4294967295, ''), 'dest': ('192.0.2.11', 0, 3, 1, 0, 0, 0, 0, 0)}),
+    ('-d -f 7 -r 192.0.2.11', 0, {'cmd': 'del-dest', 'svc': (('f', 7, 2), '', 0, 0, 4294967295, ''), 'dest': ('192.0.2.11', 0, 3, 1, 0, 0, 0, 0, 0)}),
     ('--set 1 2', 2, '--set option requires 3 timeout values'),
     ('--set 1 2 3 4', 2, 'unexpected argument 4'),
     ('--set 1 2 x', 2, "invalid timeout value `x' specified"),
@@ -384,9 +384,9 @@ ORACLE_CASES = [
     ('--set', 2, '--set option requires 3 timeout values'),
     ('--set 1 2 3 -t 203.0.113.200:80', 2, "Illegal 'service-address' option with the 'set' command"),
     ('-D -t 203.0.113.200:80 -s rr', 2, "Illegal 'scheduler' option with the 'delete-service' command"),
-    ('-D -f 7', 0, {'cmd': 'del-service', 'svc': (('f', 7), '', 0, 0, 4294967295, '')}),
+    ('-D -f 7', 0, {'cmd': 'del-service', 'svc': (('f', 7, 2), '', 0, 0, 4294967295, '')}),
     ('-Z -t 203.0.113.200:80', 0, {'cmd': 'zero', 'svc': ((6, '203.0.113.200', 80), '', 0, 0, 4294967295, '')}),
-    ('-Z -f 7', 0, {'cmd': 'zero', 'svc': (('f', 7), '', 0, 0, 4294967295, '')}),
+    ('-Z -f 7', 0, {'cmd': 'zero', 'svc': (('f', 7, 2), '', 0, 0, 4294967295, '')}),
     ('-Z', 0, {'cmd': 'zero'}),
     ('-Z -t 203.0.113.200:80 -s rr', 2, "Illegal 'scheduler' option with the 'zero' command"),
     ('-C', 0, {'cmd': 'flush'}),
@@ -519,7 +519,7 @@ def test_parse_cli_listing_options():
     assert (pa.cmd_name, pa.fmt, pa.numeric, pa.exact, pa.sort) == ("list", "stats", True, True, False)
     pa = rules.parse_cli(["-Ln", "-t", "203.0.113.200:80", "--thresholds"])
     assert (pa.fmt, pa.service_key()) == ("thresholds", (6, bytes([203, 0, 113, 200]), 80))
-    assert rules.parse_cli(["-L", "-f", "7"]).service_key() == ("f", 7)
+    assert rules.parse_cli(["-L", "-f", "7"]).service_key() == ("f", 7, 2)
     assert rules.parse_cli(["-h"]).cmd_name == rules.HELP
     with pytest.raises(ConfigError) as info:
         rules.parse_cli(["-L", "-c", "--stats"])
@@ -1062,12 +1062,12 @@ def test_kernel_order_without_sort():
     assert listing.svc_hashkey(6, vip, 80) == 0x9E
     assert listing.svc_hashkey(17, vip, 53) == 0xEC
     engine = SpecEngine()
-    for key, svc in ((("f", 3), Service(0, b"\0" * 4, 0, 3)), ((17, vip, 53), Service(17, vip, 53)),
+    for key, svc in ((("f", 3, 2), Service(0, b"\0" * 4, 0, 3)), ((17, vip, 53), Service(17, vip, 53)),
                      ((6, vip, 80), Service(6, vip, 80))):
         svc.sched_name = "rr"
         engine.services[key] = svc
     assert [s.key for s in listing.kernel_service_order(engine)] == [
-        (6, vip, 80), (17, vip, 53), ("f", 3)]
+        (6, vip, 80), (17, vip, 53), ("f", 3, 2)]
     # Same bucket: the newest first (hlist_add_head).
     engine = SpecEngine()
     a = Service(6, vip, 80)
