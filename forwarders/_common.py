@@ -1,4 +1,5 @@
-"""What every method does before its own rewrite (__ip_vs_get_out_rt)."""
+"""What every method does before its own rewrite (__ip_vs_get_out_rt and
+__ip_vs_get_out_rt_v6): the TTL or hop limit, and the path MTU."""
 
 import struct
 
@@ -41,3 +42,39 @@ def forward_ok(engine, buf, src):
     if not mtu_ok(engine, buf, engine.mtu, False, src):
         return False
     return decrement_ttl(engine, buf, src)
+
+
+def decrement_hlim(engine, buf):
+    """decrement_ttl for IPv6: hop limit 1 dies with time exceeded (no header checksum)."""
+    if buf[7] <= 1:
+        engine.send_icmp_error(buf, ICMP_TIME_EXCEEDED, ICMP_EXC_TTL, 0)
+        engine.count_drop("ttl_exceeded")
+        return False
+    buf[7] -= 1
+    return True
+
+
+def mtu_ok_v6(engine, buf, mtu):
+    """ensure_mtu_is_adequate for IPv6 (__mtu_check_toobig_v6): no DF bit, so anything
+    longer than the path is refused with packet too big; a reassembled datagram is
+    measured by its largest fragment. An ICMP error being relayed is dropped silently."""
+    reasm = engine._reasm
+    size = reasm.max_size if reasm is not None else len(buf)
+    if size > mtu:
+        if not engine.relaying_icmp:
+            engine.send_icmp_error(buf, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu)
+        engine.count_drop("frag_needed")
+        return False
+    return True
+
+
+def forward_ok_v6(engine, buf, src):
+    """ip6_forward's order for packets the director only routes: hop limit, then MTU."""
+    if buf[7] <= 1:
+        engine.send_icmp_error(buf, ICMP_TIME_EXCEEDED, ICMP_EXC_TTL, 0, src)
+        engine.count_drop("ttl_exceeded")
+        return False
+    if not mtu_ok_v6(engine, buf, engine.mtu):
+        return False
+    buf[7] -= 1
+    return True

@@ -11,7 +11,7 @@ import struct
 
 from lvs.checksum import apply, delta
 from lvs.checksum import l4_checksum
-from forwarders._common import decrement_ttl, forward_ok, mtu_ok
+from forwarders._common import decrement_hlim, decrement_ttl, forward_ok, forward_ok_v6, mtu_ok, mtu_ok_v6
 
 _TCP, _UDP = 6, 17
 
@@ -75,7 +75,7 @@ def reply(engine, cp, buf, ihl):
     if engine.short:
         engine.count_drop("truncated")
         return None
-    if not forward_ok(engine, buf, engine.director_addr or cp.vaddr):
+    if not forward_ok(engine, buf, engine.own_address(cp.vaddr)):
         return None
     _, _, ip_d, l4_d = conn_deltas(cp)
     _rewrite(buf, ihl, 12, 0, cp.vaddr, cp.vport, ip_d, l4_d)
@@ -84,6 +84,57 @@ def reply(engine, cp, buf, ihl):
 
 def forward(engine, buf, cp):
     """A packet the director only routes (ip_forward): TTL down, otherwise as it came."""
-    if not forward_ok(engine, buf, engine.director_addr or cp.vaddr):
+    if not forward_ok(engine, buf, engine.own_address(cp.vaddr)):
         return None
     return engine.output(bytes(buf[16:20]), bytes(buf), engine.mtu)
+
+
+# IPv6 (ip_vs_nat_xmit_v6, handle_response for AF_INET6): no header checksum; the
+# TCP/UDP checksum covers the IPv6 pseudo-header, so the same per-connection delta
+# over address and port moves it. The transport header is found at `thoff`, past
+# any extension headers; a UDP checksum of 0 is not allowed over IPv6, but the
+# kernel's handlers still fill one in, as for IPv4.
+
+def _rewrite_v6(buf, thoff, proto, addr_off, port_off, addr, port, l4_d):
+    buf[addr_off:addr_off + 16] = addr
+    struct.pack_into("!H", buf, thoff + port_off, port)
+    if proto == _TCP:
+        off = thoff + 16
+        struct.pack_into("!H", buf, off, apply(struct.unpack_from("!H", buf, off)[0], l4_d))
+    else:
+        off = thoff + 6
+        check = struct.unpack_from("!H", buf, off)[0]
+        if check:
+            check = apply(check, l4_d)
+        else:
+            buf[off:off + 2] = b"\0\0"
+            check = l4_checksum(bytes(buf[8:24]), bytes(buf[24:40]), _UDP, bytes(buf[thoff:]))
+        struct.pack_into("!H", buf, off, check or 0xFFFF)
+
+
+def xmit_v6(engine, cp, buf, thoff):
+    if engine.short:
+        engine.count_drop("truncated")
+        return None
+    if not decrement_hlim(engine, buf) or not mtu_ok_v6(engine, buf, engine.path_mtu(cp.dest)):
+        return None
+    _, l4_d, _, _ = conn_deltas(cp)
+    _rewrite_v6(buf, thoff, cp.protocol, 24, 2, cp.daddr, cp.dport, l4_d)
+    return engine.output(cp.daddr, bytes(buf), engine.path_mtu(cp.dest))
+
+
+def reply_v6(engine, cp, buf, thoff):
+    if engine.short:
+        engine.count_drop("truncated")
+        return None
+    if not forward_ok_v6(engine, buf, engine.own_address(cp.vaddr)):
+        return None
+    _, _, _, l4_d = conn_deltas(cp)
+    _rewrite_v6(buf, thoff, cp.protocol, 8, 0, cp.vaddr, cp.vport, l4_d)
+    return engine.output(cp.caddr, bytes(buf), engine.mtu)
+
+
+def forward_v6(engine, buf, cp):
+    if not forward_ok_v6(engine, buf, engine.own_address(cp.vaddr)):
+        return None
+    return engine.output(bytes(buf[24:40]), bytes(buf), engine.mtu)

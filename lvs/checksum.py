@@ -36,10 +36,15 @@ def apply(check, d):
 
 
 def pseudo_sum(saddr, daddr, proto, length):
-    """Sum of the IPv4 pseudo-header, for a TCP/UDP checksum from scratch."""
-    return fold(int.from_bytes(saddr[:2], "big") + int.from_bytes(saddr[2:], "big")
-                + int.from_bytes(daddr[:2], "big") + int.from_bytes(daddr[2:], "big")
-                + proto + length)
+    """Sum of the IPv4 or IPv6 pseudo-header (the addresses' length says which),
+    for a TCP/UDP/ICMPv6 checksum from scratch."""
+    if len(saddr) == 4:
+        return fold(int.from_bytes(saddr[:2], "big") + int.from_bytes(saddr[2:], "big")
+                    + int.from_bytes(daddr[:2], "big") + int.from_bytes(daddr[2:], "big")
+                    + proto + length)
+    a = saddr + daddr
+    return fold(sum(int.from_bytes(a[i:i + 2], "big") for i in range(0, 32, 2))
+                + proto + (length >> 16) + (length & 0xFFFF))
 
 
 def l4_checksum(saddr, daddr, proto, segment):

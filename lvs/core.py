@@ -9,7 +9,7 @@ mixin of Engine (lvs/engine.py) and works on the engine's tables.
 
 import struct
 
-from . import proto_icmp, proto_tcp
+from . import ipv6, proto_icmp, proto_tcp
 from .checksum import checksum
 from .conntab import IP_VS_CTPL_S_ASSURED, TableFull
 from .defrag import fragment
@@ -24,9 +24,17 @@ from forwarders import bypass, dr, nat, tunnel
 
 _IPHDR = struct.Struct("!10H")
 FTPPORT = 21
-ZERO_ADDR = b"\0\0\0\0"
 _XMIT = {IP_VS_CONN_F_MASQ: nat.xmit, IP_VS_CONN_F_TUNNEL: tunnel.xmit, IP_VS_CONN_F_BYPASS: bypass.xmit,
          IP_VS_CONN_F_DROUTE: dr.xmit}
+_XMIT6 = {IP_VS_CONN_F_MASQ: nat.xmit_v6, IP_VS_CONN_F_TUNNEL: tunnel.xmit, IP_VS_CONN_F_BYPASS: bypass.xmit_v6,
+          IP_VS_CONN_F_DROUTE: dr.xmit_v6}
+
+
+def _addresses(buf):
+    """(source, destination) of an IPv4 or IPv6 packet, as bytes."""
+    if buf[0] >> 4 == 6:
+        return bytes(buf[8:24]), bytes(buf[24:40])
+    return bytes(buf[12:16]), bytes(buf[16:20])
 
 
 class PacketInfo:
@@ -70,6 +78,8 @@ class PacketPath:
         if reasm is None and len(packet) <= mtu:
             self._out.append(Transmit(nexthop, packet))
             return True
+        if packet[0] >> 4 == 6:
+            return self._output6(nexthop, packet, mtu, reasm)
         if packet[6] & 0x40 and reasm is not None and reasm.max_size > mtu:
             # ip_fragment: DF, and one of the fragments we got is bigger than the path.
             self.send_icmp_error(bytearray(packet), ICMP_DEST_UNREACH, 4, mtu)
@@ -88,6 +98,8 @@ class PacketPath:
             return self.count_drop("truncated")
         b0 = packet[0]
         if b0 >> 4 != 4:
+            if b0 >> 4 == 6:
+                return self._receive6(packet)  # lvs/core6.py
             return self.count_drop("not_ipv4")
         ihl = (b0 & 0x0F) << 2
         if ihl < 20:
@@ -128,13 +140,16 @@ class PacketPath:
             return self._icmp(buf, ihl)
         if proto != IPPROTO_TCP and proto != IPPROTO_UDP:
             return self.count_drop("unknown_protocol")
+        return self._transport(buf, ihl, proto, bytes(buf[12:16]), bytes(buf[16:20]), tot_len)
+
+    def _transport(self, buf, ihl, proto, saddr, daddr, tot_len):
+        """ip_vs_out_hook then ip_vs_in_hook for a TCP or UDP datagram of either
+        family, its transport header at `ihl`."""
         if tot_len - ihl < 4:
             return self.count_drop("truncated")  # not even the ports to look up
         # A header cut short still finds its connection and is counted; then
         # the TCP state stays as it was, and NAT, which must rewrite it, drops it.
         self.short = tot_len - ihl < (20 if proto == IPPROTO_TCP else 8)
-        saddr = bytes(buf[12:16])
-        daddr = bytes(buf[16:20])
         sport = (buf[ihl] << 8) | buf[ihl + 1]
         dport = (buf[ihl + 2] << 8) | buf[ihl + 3]
         tab = self.conntab
@@ -149,7 +164,7 @@ class PacketPath:
                                          and buf[ihl + 13] & proto_tcp.RST):
                 # A NAT real server talks on a connection we do not know: tell it.
                 self.send_icmp_error(buf, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0,
-                                     self.director_addr or dest.svc.addr)
+                                     self.own_address(dest.svc.addr))
                 return self.count_drop("nat_icmp_send")
 
         # ip_vs_in_hook
@@ -234,7 +249,13 @@ class PacketPath:
             if direction == proto_tcp.DIR_OUTPUT:
                 self._assure_ct(cp)
             return
-        if self.short:
+        if buf[0] >> 4 == 6:
+            # tcp_state_transition reads IPv6's TCP header at sizeof(struct ipv6hdr),
+            # past no extension header: behind one, the flags it sees are not TCP's.
+            ihl = 40
+            if len(buf) < 60:
+                return
+        elif self.short:
             return  # tcp_state_transition: no header, no transition
         # set_tcp_state
         if cp.flags & IP_VS_CONN_F_NOOUTPUT:
@@ -305,7 +326,7 @@ class PacketPath:
             return self.count_drop("ftp_data")
         cp = self._schedule(svc, PacketInfo(proto, saddr, daddr, sport, dport))
         if cp is None:
-            self._leave(svc, buf, dport)
+            self._leave(svc, buf, ihl, proto, dport)
         return cp
 
     def _real_service(self, proto, addr, port):
@@ -347,15 +368,14 @@ class PacketPath:
         self._conn_stats(cp, svc)
         return cp
 
-    def _bypass(self, svc, buf):
+    def _bypass(self, svc, buf, ihl, proto):
         """A cache_bypass connection: no real server, the packet goes where it was sent."""
-        ihl = (buf[0] & 0x0F) * 4
-        proto = buf[9]
         sport, dport = struct.unpack_from("!HH", buf, ihl)
         flags = IP_VS_CONN_F_BYPASS | (IP_VS_CONN_F_ONE_PACKET if (
             svc.flags & IP_VS_SVC_F_ONEPACKET and proto == IPPROTO_UDP) else 0)
-        cp = self.conntab.new(proto, bytes(buf[12:16]), sport, bytes(buf[16:20]), dport,
-                              ZERO_ADDR, 0, flags, None, svc.fwmark, self.now)
+        saddr, daddr = _addresses(buf)
+        cp = self.conntab.new(proto, saddr, sport, daddr, dport,
+                              bytes(len(saddr)), 0, flags, None, svc.fwmark, self.now)
         self._set_state(cp, buf, ihl, proto_tcp.DIR_INPUT)
         self.transmit(cp, buf, ihl)
         cp.in_pkts += 1
@@ -365,13 +385,18 @@ class PacketPath:
         """ip_vs_sched_persist: connections follow the client's template."""
         tab = self.conntab
         now = self.now
-        snet = (int.from_bytes(pkt.saddr, "big") & svc.netmask).to_bytes(4, "big")
+        if len(pkt.saddr) == 16:   # ipv6_addr_prefix: the netmask is a prefix length
+            snet = ((int.from_bytes(pkt.saddr, "big") >> (128 - svc.netmask)) << (128 - svc.netmask)
+                    ).to_bytes(16, "big")
+        else:
+            snet = (int.from_bytes(pkt.saddr, "big") & svc.netmask).to_bytes(4, "big")
         protocol, vaddr, vport = pkt.protocol, pkt.daddr, 0
         if pkt.dport == svc.port:
             if svc.port != FTPPORT:
                 vport = pkt.dport
         elif svc.fwmark:
-            protocol, vaddr = 0, svc.fwmark.to_bytes(4, "big")
+            # The mark in the address's first word (union nf_inet_addr .ip), of the family's size.
+            protocol, vaddr = 0, svc.fwmark.to_bytes(4, "big") + bytes(len(pkt.saddr) - 4)
         ct = tab.templates.get((protocol, snet, 0, vaddr, vport))
         if ct is None or not self._check_template(ct):
             dest = svc.scheduler.schedule(svc, pkt, now) if svc.scheduler else None
@@ -415,12 +440,13 @@ class PacketPath:
             self.conntab.hash(ct)
         return False
 
-    def _leave(self, svc, buf, dport):
+    def _leave(self, svc, buf, ihl, proto, dport):
         """ip_vs_leave: no real server, so the client hears port unreachable."""
-        daddr = bytes(buf[16:20])
-        if (self.config.cache_bypass and svc.fwmark and 0 < daddr[0] < 224
-                and daddr != b"\xff\xff\xff\xff"):
-            return self._bypass(svc, buf)
+        daddr = _addresses(buf)[1]
+        if self.config.cache_bypass and svc.fwmark and (
+                ipv6.is_unicast(daddr) if len(daddr) == 16
+                else 0 < daddr[0] < 224 and daddr != b"\xff\xff\xff\xff"):
+            return self._bypass(svc, buf, ihl, proto)
         if svc.port == FTPPORT and dport != FTPPORT:
             return self.count_drop("no_service")
         self.send_icmp_error(buf, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0)
@@ -430,10 +456,12 @@ class PacketPath:
         """ip_vs_out + handle_response: NAT replies get the VIP back as source."""
         length = len(buf)
         self.touched = cp
+        v6 = buf[0] >> 4 == 6
         if cp.flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_MASQ:
-            sent = nat.reply(self, cp, buf, ihl)
+            sent = (nat.reply_v6 if v6 else nat.reply)(self, cp, buf, ihl)
         else:
-            sent = nat.forward(self, buf, cp)  # routed through us: plain forwarding
+            # routed through us: plain forwarding
+            sent = (nat.forward_v6 if v6 else nat.forward)(self, buf, cp)
         if sent is None:
             return
         self._out_stats(cp, length)
@@ -446,7 +474,7 @@ class PacketPath:
 
     def transmit(self, cp, buf, ihl):
         """cp->packet_xmit: send by the connection's forwarding method."""
-        xmit = _XMIT.get(cp.flags & IP_VS_CONN_F_FWD_MASK)
+        xmit = (_XMIT6 if buf[0] >> 4 == 6 else _XMIT).get(cp.flags & IP_VS_CONN_F_FWD_MASK)
         if xmit is None:
             self.count_drop("local")
             return None

@@ -1,6 +1,6 @@
 """The sans-IO IPVS core.
 
-Engine is handed IPv4 packets and the time, and answers with the packets to
+Engine is handed IPv4 and IPv6 packets and the time, and answers with the packets to
 send and their next hop. It never reads a clock or touches a socket: `now`
 is always an argument, and time only moves when the caller says so. It is
 put together along the kernel's own lines, so that a reader holding the
@@ -12,6 +12,7 @@ kernel's files finds each counterpart:
                     (NAT replies) then ip_vs_in_hook (conn_in_get,
                     conn_reuse_mode, dest check, conn_schedule, in_stats,
                     set_state, packet_xmit, conn_put)
+  lvs/core6.py      PacketPath6: the same for IPv6 (extension headers, reassembly)
   lvs/tables.py     Tables: ip_vs_ctl.c -- what lvsadm asks (apply)
   lvs/timers.py     Timers: ip_vs_conn.c's expiry and ip_vs_est.c -- expire()
   lvs/icmp_send.py  IcmpSender: net/ipv4/icmp.c's icmp_send and its rate limits
@@ -29,7 +30,9 @@ from . import proto_tcp
 from .config import EngineConfig
 from .conntab import IP_VS_CTPL_S_ASSURED, ConnTable
 from .core import PacketPath
+from .core6 import PacketPath6
 from .defrag import Reassembler
+from .defrag6 import Reassembler6
 from .fastpath import FastPath, enabled_by_default
 from .flags import IP_VS_CONN_F_TEMPLATE, IPPROTO_TCP, IPPROTO_UDP
 from .icmp_send import ICMP_MSGS_BURST, IcmpSender
@@ -42,14 +45,15 @@ UDP_TIMEOUT = 5 * 60
 CONN_TAB_SIZE = 4096
 
 
-class Engine(PacketPath, IcmpSender, Tables, Timers, Sync):
+class Engine(PacketPath, PacketPath6, IcmpSender, Tables, Timers, Sync):
     """One director's IPVS: services, real servers, connections, counters and timers."""
 
     def __init__(self, config=None, seed=0, director_addr=None, mtu=1500, fwmark=None, fastpath=None,
-                 max_conns=None):
+                 max_conns=None, director_addr6=None):
         self.config = config if config is not None else EngineConfig()
         self.seed = seed & 0xFFFFFFFF
         self.director_addr = director_addr  # tunnel source; None: the connection's VIP
+        self.director_addr6 = director_addr6  # the same for IPv6
         self.mtu = mtu
         self.fwmark = fwmark                # callable(protocol, daddr, dport) -> mark, or None
         self.services = {}                  # key -> Service, in creation order
@@ -68,6 +72,7 @@ class Engine(PacketPath, IcmpSender, Tables, Timers, Sync):
         self._next_estimate = None
         self._ident = {}
         self.defrag = Reassembler()
+        self.defrag6 = Reassembler6()
         self.fragments_held = 0             # fragments queued for reassembly (not drops)
         self.relaying_icmp = False          # ip_vs_iph_icmp: an ICMP error is being relayed
         self.short = False                  # the packet in hand has a cut TCP/UDP header
@@ -93,7 +98,7 @@ class Engine(PacketPath, IcmpSender, Tables, Timers, Sync):
         self.conntab.fast = self.fast
 
     def receive(self, packet, now):
-        """Handle one IPv4 packet arriving at the director; return the Transmits it causes."""
+        """Handle one IPv4 or IPv6 packet arriving at the director; return the Transmits it causes."""
         if self.fast is None:
             return self.receive_packet(packet, now)
         return self.fast.run((packet,), now)
@@ -128,8 +133,14 @@ class Engine(PacketPath, IcmpSender, Tables, Timers, Sync):
 
     def is_local(self, addr):
         """One of the director's own addresses: its own, or a service's VIP."""
-        return addr == self.director_addr or any(
+        return addr == self.director_addr or addr == self.director_addr6 or any(
             svc.addr == addr for svc in self.services.values() if not svc.fwmark)
+
+    def own_address(self, like):
+        """The director's own address of the family of `like` (an address), or
+        `like` itself without one: where its errors and routed replies come from."""
+        own = self.director_addr6 if len(like) == 16 else self.director_addr
+        return own or like
 
     def path_mtu(self, dest):
         """The MTU towards a real server: the link's, or less if a router said so."""
@@ -156,6 +167,16 @@ class Engine(PacketPath, IcmpSender, Tables, Timers, Sync):
         if n is None:
             n = self.flow_hash(saddr + daddr + bytes((proto,))) & 0xFFFF
         self._ident[key] = (n + 1) & 0xFFFF
+        return n
+
+    def ip6_ident(self, saddr, daddr):
+        """The identification of a Fragment header (ipv6_select_ident): like ip_ident,
+        a counter per address pair started from a keyed hash, 32 bits wide."""
+        key = (saddr, daddr, 44)
+        n = self._ident.get(key)
+        if n is None:
+            n = self.flow_hash(daddr + saddr) or 1
+        self._ident[key] = (n + 1) & 0xFFFFFFFF
         return n
 
     def conn_list(self):

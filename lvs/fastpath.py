@@ -256,6 +256,8 @@ class FastPath:
             elif method == IP_VS_CONN_F_DROUTE:
                 kind, limit = ROUTE, path
             elif method == IP_VS_CONN_F_TUNNEL:
+                if len(cp.daddr) == 16:
+                    return  # an IPv6 outer header: the general path builds it
                 kind = TUN
                 prepared = self._tunnel(cp, dest, p, path)
                 if prepared is None:
@@ -375,7 +377,8 @@ class FastPath:
     def _state(self):
         """What every entry was prepared under: the tables, the sysctls, the MTU, our address."""
         engine = self.engine
-        return engine.generation, engine.config.generation, engine.mtu, engine.director_addr
+        return (engine.generation, engine.config.generation, engine.mtu, engine.director_addr,
+                engine.director_addr6)
 
     def __len__(self):
         return sum(len(tab) for tab in self.tables.values())

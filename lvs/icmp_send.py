@@ -1,15 +1,20 @@
-"""Sending ICMP errors as net/ipv4/icmp.c's icmp_send does: from the right
-address, within the global and per-peer rate limits. A mixin of Engine.
+"""Sending ICMP errors as net/ipv4/icmp.c's icmp_send and net/ipv6/icmp.c's
+icmp6_send do: from the right address, within the global and per-peer rate
+limits (one global bucket for both families). A mixin of Engine.
 """
 
 from .flags import IPPROTO_ICMP
 from .icmp import build_error
+from .icmp6 import FROM_IPV4, ICMPV6_PKT_TOOBIG, build_error6
 from .verdicts import Transmit
 
 ICMP_RATEMASK = 0x1818          # net.ipv4.icmp_ratemask
 ICMP_RATELIMIT = 1.0            # net.ipv4.icmp_ratelimit, 1000 ms
 XRLIM_BURST_FACTOR = 6
 ICMP_MSGS_PER_SEC, ICMP_MSGS_BURST = 1000, 50
+# net.ipv6.icmp.ratelimit (1000 ms), shortened for wider prefixes by icmpv6_xrlim_allow:
+# >> ((128 - plen) >> 5); pylvs takes the clients' route to be a /64 (on link).
+ICMPV6_RATELIMIT = 1.0 / (1 << ((128 - 64) >> 5))
 
 
 class IcmpSender:
@@ -18,6 +23,8 @@ class IcmpSender:
     def send_icmp_error(self, buf, icmp_type, code, info, src=None):
         """icmp_send back to the packet's source: from the address it was sent to
         when that is ours (the VIP), else from `src`, the director's own address."""
+        if buf[0] >> 4 == 6:
+            return self._send_icmp6_error(buf, FROM_IPV4[icmp_type, code], info, src)
         if src is None:
             src = bytes(buf[16:20])
         if not self._icmp_allow(bytes(buf[12:16]), icmp_type, code):
@@ -28,7 +35,23 @@ class IcmpSender:
         if packet is not None:
             self._out.append(Transmit(bytes(buf[12:16]), packet))
 
-    def _icmp_allow(self, dst, icmp_type, code):
+    def _send_icmp6_error(self, buf, type_code, info, src):
+        """icmp6_send: from the VIP the packet was sent to, else from `src`."""
+        icmp_type, code = type_code
+        dst = bytes(buf[8:24])
+        if src is None:
+            src = bytes(buf[24:40])
+        label = self.flow_hash(src + dst + bytes((58, icmp_type, code))) & 0xFFFFF
+        packet = build_error6(buf, icmp_type, code, info, src, label)
+        if packet is None:
+            return
+        # icmpv6_ratemask "0-1,3-127": every error but packet too big is limited.
+        if icmp_type != ICMPV6_PKT_TOOBIG and not self._icmp_allow(dst, 3, 3, ICMPV6_RATELIMIT):
+            self.icmp_ratelimited += 1
+            return
+        self._out.append(Transmit(dst, packet))
+
+    def _icmp_allow(self, dst, icmp_type, code, ratelimit=ICMP_RATELIMIT):
         """icmpv4_global_allow and icmpv4_xrlim_allow with the default sysctls.
 
         Errors of the types in icmp_ratemask (unreachable, quench, time
@@ -55,10 +78,10 @@ class IcmpSender:
         peer = self._icmp_peers.get(dst)
         if peer is None:
             peer = self._icmp_peers[dst] = [0.0, now - 60.0]
-        tokens = min(peer[0] + now - peer[1], XRLIM_BURST_FACTOR * ICMP_RATELIMIT)
+        tokens = min(peer[0] + now - peer[1], XRLIM_BURST_FACTOR * ratelimit)
         peer[1] = now
-        allowed = tokens >= ICMP_RATELIMIT
+        allowed = tokens >= ratelimit
         if allowed:
-            tokens -= ICMP_RATELIMIT
+            tokens -= ratelimit
         peer[0] = tokens
         return allowed

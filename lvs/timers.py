@@ -18,6 +18,7 @@ class Timers:
     def next_deadline(self):
         """When expire() next has work to do (connection, fragment and estimator timers)."""
         times = [t for t in (self.conntab.next_deadline(), self.defrag.next_deadline(),
+                             self.defrag6.next_deadline(),
                              self._next_estimate, self._trash_timer, self._nodest_flush)
                  if t is not None]
         return min(times) if times else None
@@ -29,6 +30,8 @@ class Timers:
         self._timer_out = sent = []
         if self.defrag.queues:
             self._expire_fragments(now)
+        if self.defrag6.queues:
+            self._expire_fragments6(now)
         if self._nodest_flush is not None and self._nodest_flush <= now:
             self._nodest_flush = None
             self._flush_nodest(now)
@@ -80,6 +83,18 @@ class Timers:
             if head is not None and self.is_local(head[16:20]):
                 saved, self._out = self._out, self._timer_out
                 self.send_icmp_error(bytearray(head), ICMP_TIME_EXCEEDED, ICMP_EXC_FRAGTIME, 0)
+                self._out = saved
+
+    def _expire_fragments6(self, now):
+        """ip6frag_expire_frag_queue: once the first fragment came, its sender hears
+        time exceeded (fragment reassembly), for any destination (lvs/defrag6.py)."""
+        for _, head in self.defrag6.expire(now):
+            self.count_drop("fragment_timeout")
+            if head is not None:
+                dst = bytes(head[24:40])
+                saved, self._out = self._out, self._timer_out
+                self.send_icmp_error(bytearray(head), ICMP_TIME_EXCEEDED, ICMP_EXC_FRAGTIME, 0,
+                                     None if self.is_local(dst) else self.own_address(dst))
                 self._out = saved
 
     def _estimate(self):

@@ -20,7 +20,12 @@ def hash_32(val, bits):
 
 
 def addr_u32(addr):
-    """ntohl() of a 4-byte network-order address."""
+    """ntohl() of a 4-byte network-order address; an IPv6 address is first
+    folded to 32 bits by XOR of its four words, as sh, dh, lblc, lblcr and mh
+    all do (addr->ip6[0] ^ ... ^ addr->ip6[3])."""
+    if len(addr) == 16:
+        n = int.from_bytes(addr, "big")
+        return (n ^ (n >> 32) ^ (n >> 64) ^ (n >> 96)) & 0xFFFFFFFF
     return int.from_bytes(addr, "big")
 
 

@@ -99,7 +99,7 @@ def mh_shift_weight(dests, g):
     return shift if shift >= 0 else 0
 
 
-def build_table(dests, size=IP_VS_MH_TAB_SIZE):
+def build_table(dests, size=IP_VS_MH_TAB_SIZE, addr_len=16):
     """ip_vs_mh_permutate + ip_vs_mh_populate over `dests` in list order.
 
     Returns a list of `size` dests, or None when gcd < 1 (no dest with a
@@ -111,8 +111,11 @@ def build_table(dests, size=IP_VS_MH_TAB_SIZE):
     rshift = mh_shift_weight(dests, g)
     setup = []
     for dest in dests:
-        offset = mh_hashkey(dest.addr, dest.port, HASH1) % size
-        skip = mh_hashkey(dest.addr, dest.port, HASH2) % (size - 1) + 1
+        # Hashed as the service's family (addr_len its address length): an
+        # IPv6 tunnel server of an IPv4 service counts by its first word.
+        addr = dest.addr[:addr_len]
+        offset = mh_hashkey(addr, dest.port, HASH1) % size
+        skip = mh_hashkey(addr, dest.port, HASH2) % (size - 1) + 1
         lw = dest.last_weight
         turns = (lw // g) >> rshift  # lw >= 0: C's division, exactly
         if not turns:
@@ -159,7 +162,7 @@ class MaglevHashing(Scheduler):
         dests = list(kernel_order(svc))
         if len(dests) > IP_VS_MH_TAB_SIZE:
             return  # -EINVAL, ignored by the caller: the old table stays
-        self.table = build_table(dests)
+        self.table = build_table(dests, addr_len=len(svc.addr))
         # The dests that own slots (the fallback walk can only find these).
         if self.table is None:
             self.members = ()
