@@ -105,6 +105,8 @@ class Sync:
                 self._sync_add(cp, 1)
 
     def _sync_conn_v0(self, cp, pkts):
+        if len(cp.caddr) == 16:
+            return  # ip_vs_sync_conn_v0: version 0 carries IPv4 only
         if cp.flags & IP_VS_CONN_F_ONE_PACKET or not self._sync_needed(cp, pkts):
             return  # v0 leaves the template alone too
         self._sync_add(cp, 0)
@@ -168,7 +170,8 @@ class Sync:
             return
         seq = self.sync_seq.get(cp, (None, None)) if self.sync_seq else (None, None)
         e = syncmsg.SyncEntry(cp.protocol, cp.flags, cp.state, cp.caddr, cp.cport, cp.vaddr,
-                              cp.vport, cp.daddr, cp.dport, cp.fwmark, int(cp.timeout), *seq)
+                              cp.vport, cp.daddr, cp.dport, cp.fwmark, int(cp.timeout), *seq,
+                              ipv6=len(cp.caddr) == 16)
         if version:
             data, n = syncmsg.encode_entry_v1(e), syncmsg.entry_len_v1(e)
         else:
@@ -237,9 +240,6 @@ class Sync:
         if decoded.dropped:
             stats[decoded.dropped] += 1
         for e in decoded.entries:
-            if e.ipv6:
-                stats["sync_ipv6"] += 1   # read, but this pylvs has no IPv6 IPVS
-                continue
             self._proc_conn(e, now)
 
     def _proc_conn(self, e, now):

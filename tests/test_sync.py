@@ -718,3 +718,45 @@ def test_sync_ports_spread_connections_over_ports_one_each():
             by_port.setdefault(e.cport, set()).add(tid)
     assert sorted({tid for tid, _ in sent}) == [0, 1, 2, 3]
     assert all(len(t) == 1 for t in by_port.values()) and len(by_port) == 8
+
+
+def test_ipv6_connections_sync_and_a_backup_forwards_them_to_the_same_server():
+    """ip_vs_sync_conn for AF_INET6 (struct ip_vs_sync_v6), installed by the backup
+    (ip_vs_proc_conn); version 0 carries no IPv6 (ip_vs_sync_conn_v0 returns)."""
+    import socket
+    from scapy.layers.inet6 import IPv6
+    from lvs.control import DestSpec, ServiceSpec
+    a6 = lambda t: socket.inet_pton(socket.AF_INET6, t)  # noqa: E731
+    vip, rs1, rs2, client = "2001:db8::200", "2001:db8:2::11", "2001:db8:2::12", "2001:db8:100::7"
+
+    def director(seed, state, order):
+        eng = Engine(seed=seed)
+        svc = ServiceSpec(protocol=6, addr=a6(vip), port=80, sched_name="rr")
+        eng.add_service(svc)
+        for rs in order:
+            eng.add_dest(svc, DestSpec(addr=a6(rs), port=80, conn_flags=0))
+        lvsadm(eng, "--start-daemon", state, "--mcast-interface", "eth0", "--syncid", "7")
+        return eng
+
+    def seg(flags, seq, payload=b""):
+        return bytes(IPv6(src=client, dst=vip) / TCP(sport=41000, dport=80, flags=flags, seq=seq)
+                     / payload)
+
+    master = director(1, "master", (rs1, rs2))
+    for i, flags in enumerate(["S", "A", "PA"]):
+        master.receive(seg(flags, 1000 + i, b"x" if flags == "PA" else b""), T0)
+    (cp,) = master.conn_list()
+    entries = sent_entries(master, T0 + 2)
+    assert [(e.ipv6, e.caddr, e.daddr) for e in entries] == [(True, a6(client), cp.daddr)]
+    backup = director(2, "backup", (rs2, rs1))      # its own rr would pick the other
+    for m in syncmsg.encode(entries, syncid=7):
+        backup.sync_receive(m, T0 + 2.1)
+    (bc,) = backup.conn_list()
+    assert (bc.caddr, bc.daddr, backup.state_name(bc)) == (a6(client), cp.daddr, "ESTABLISHED")
+    (out,) = backup.receive(seg("PA", 1003, b"y"), T0 + 3)
+    assert IPv6(out.packet).dst == socket.inet_ntop(socket.AF_INET6, cp.daddr)
+    v0 = director(3, "master", (rs1,))
+    v0.config.set("sync_version", 0)
+    for i, flags in enumerate(["S", "A", "PA"]):
+        v0.receive(seg(flags, 1000 + i, b"x" if flags == "PA" else b""), T0)
+    assert v0.sync_take(T0 + 2) == []
