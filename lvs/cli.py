@@ -62,16 +62,19 @@ def build_parser():
                                     "through the engine; print ipvsadm's listings and the drops.")
     rp.add_argument("--rules", required=True, metavar="RULES",
                     help="ipvsadm-save lines; '@SECONDS <ipvsadm args>' lines apply at that time")
-    rp.add_argument("capture", metavar="IN", help="pcap or pcapng capture (Ethernet, raw IPv4, Linux cooked)")
+    rp.add_argument("capture", metavar="IN", help="pcap or pcapng capture (Ethernet, raw IP, Linux cooked; IPv4 and IPv6)")
     rp.add_argument("-o", "--output", metavar="OUT", help="write the frames the director sends here (Ethernet pcap)")
     rp.add_argument("--sysctl", action="append", default=[], metavar="NAME=VALUE",
                     help="an IPVS sysctl, as named under /proc/sys/net/ipv4/vs/ (repeatable)")
     rp.add_argument("--fwmark", action="append", default=[], metavar="PROTO:ADDR[:PORT]=MARK",
                     help="mark matching packets before service lookup (first match wins)")
     rp.add_argument("--neigh", action="append", default=[], metavar="IP=MAC",
-                    help="MAC address of a next hop (default 02:00 + the IPv4 address)")
+                    help="MAC address of a next hop, IPv4 or IPv6 (default: 02:00 + the IPv4 "
+                         "address, 02:06 + the IPv6 address's last 4 bytes)")
     rp.add_argument("--mac", default="02:00:00:00:00:01", help="the director's own MAC")
-    rp.add_argument("--director", metavar="IP", help="the director's address, source of IPIP tunnels (default: the VIP)")
+    rp.add_argument("--director", action="append", metavar="IP",
+                    help="the director's address, source of tunnels and of its ICMP errors "
+                         "(default: the VIP); IPv4 or IPv6, give it twice for both families")
     rp.add_argument("--seed", type=int, default=0, help="key for values the kernel draws at random (IP IDs)")
     rp.set_defaults(func=_replay)
 

@@ -39,18 +39,23 @@ class PacketPath6:
         if h.frag_at is not None:
             # IPVS sees datagrams, not fragments (nf_defrag_ipv6 reassembles first);
             # an atomic fragment (offset 0, no more) loses its Fragment header there too.
-            r = self.defrag6.add(buf, h.frag_at, h.frag_prev, self.now)
+            found = defrag6.find_frag_header(buf)   # find_prev_fhdr, its u8 offset and all
+            r = self.defrag6.add(buf, *found, self.now) if found else "frag_truncated"
             if r is None:
                 self.fragments_held += 1
                 return None
             if isinstance(r, str):
-                return self.count_drop(r)
-            self._reasm = r
-            buf = bytearray(r.packet)
-            tot_len = len(buf)
-            h = ipv6.find_hdr(buf)
-            if h is None:
-                return self.count_drop("bad_ext_header")
+                if r not in defrag6.PASS_REASONS or h.fragoffs:
+                    return self.count_drop(r)
+                # nf_ct_frag6_gather gave up without dropping: the first fragment goes
+                # on as it is, its transport header past the Fragment header.
+            else:
+                self._reasm = r
+                buf = bytearray(r.packet)
+                tot_len = len(buf)
+                h = ipv6.find_hdr(buf)
+                if h is None:
+                    return self.count_drop("bad_ext_header")
         proto = h.protocol
         if proto == ipv6.NEXTHDR_ICMP:
             return proto_icmp6.handle(self, buf, h.offset)

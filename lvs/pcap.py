@@ -1,8 +1,8 @@
 """Capture files in and out: classic pcap and pcapng, standard library only.
 
 read_capture() turns a capture into (ts, kind, data) records for the engine,
-which wants bare IPv4 packets; PcapWriter writes what the engine sends back
-as an Ethernet pcap that tcpdump, Wireshark and scapy all open.
+which wants bare IPv4 and IPv6 packets; PcapWriter writes what the engine
+sends back as an Ethernet pcap that tcpdump, Wireshark and scapy all open.
 """
 
 import os
@@ -18,8 +18,10 @@ LINKTYPE_ETHERNET = 1
 LINKTYPE_LINUX_SLL = 113
 LINKTYPE_LINUX_SLL2 = 276
 # Raw IP: 101 is the portable number; 12 and 14 are the DLT_RAW values some
-# BSDs wrote into files; 228 is IPv4-only raw.
-RAW_LINKTYPES = (101, 12, 14, 228)
+# BSDs wrote into files; 228 is IPv4-only raw and 229 IPv6-only raw.
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+RAW_LINKTYPES = (101, 12, 14, LINKTYPE_IPV4, LINKTYPE_IPV6)
 SUPPORTED_LINKTYPES = (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL,
                        LINKTYPE_LINUX_SLL2) + RAW_LINKTYPES
 
@@ -43,9 +45,11 @@ def _after_ethertype(ethertype, frame, offset):
         ethertype = struct.unpack_from("!H", frame, offset + 2)[0]
         offset += 4
     kind = ETHERTYPE_KINDS.get(ethertype, "other")
-    if kind != "ipv4":
-        return kind, frame  # not for the engine: hand back the whole frame
-    return "ipv4", _trim_ipv4(frame[offset:])
+    if kind == "ipv4":
+        return "ipv4", _trim_ipv4(frame[offset:])
+    if kind == "ipv6":
+        return "ipv6", _trim_ipv6(frame[offset:])
+    return kind, frame  # not for the engine: hand back the whole frame
 
 
 def _trim_ipv4(packet):
@@ -55,6 +59,16 @@ def _trim_ipv4(packet):
         total = struct.unpack_from("!H", packet, 2)[0]
         if 20 <= total < len(packet):
             return packet[:total]
+    return packet
+
+
+def _trim_ipv6(packet):
+    # The same for IPv6, as ipv6_rcv() does: cut at 40 + the payload length.
+    # A payload length of 0 (a jumbogram, or nothing) is left for the engine.
+    if len(packet) >= 40 and packet[0] >> 4 == 6:
+        plen = struct.unpack_from("!H", packet, 4)[0]
+        if plen and 40 + plen < len(packet):
+            return packet[:40 + plen]
     return packet
 
 
@@ -71,11 +85,16 @@ def _decode(linktype, frame):
         if len(frame) < 20:
             return "other", frame
         return _after_ethertype(struct.unpack_from("!H", frame, 0)[0], frame, 20)
-    # Raw IP: no link header, the version nibble says what it is.
-    if linktype == 228 or (frame and frame[0] >> 4 == 4):
+    # Raw IP: no link header; 228 and 229 name the family, otherwise the
+    # version nibble says what it is.
+    if linktype == LINKTYPE_IPV4:
+        return "ipv4", _trim_ipv4(frame)
+    if linktype == LINKTYPE_IPV6:
+        return "ipv6", _trim_ipv6(frame)
+    if frame and frame[0] >> 4 == 4:
         return "ipv4", _trim_ipv4(frame)
     if frame and frame[0] >> 4 == 6:
-        return "ipv6", frame
+        return "ipv6", _trim_ipv6(frame)
     return "other", frame
 
 
@@ -115,8 +134,11 @@ class _Reader:
 def read_capture(path_or_fileobj):
     """Yield (ts, kind, data) for every packet, in file order.
 
-    ts is float seconds; kind is "ipv4" (data: the IPv4 packet, link header
-    and VLAN tags removed) or "arp"/"ipv6"/"other" (data: the raw frame).
+    ts is float seconds; kind is "ipv4" or "ipv6" (data: the IP packet, link
+    header and VLAN tags removed, link padding cut at the IPv4 total length or
+    40 + the IPv6 payload length) or "arp"/"other" (data: the raw frame).
+    The kind comes from the link layer (ethertype, SLL protocol, raw link
+    type 228/229), else from the version nibble (raw link types 101/12/14).
     Raises CaptureError for non-captures, unsupported link types and files
     cut off inside a record, after yielding the records before the problem.
     """
@@ -305,11 +327,13 @@ class PcapWriter:
         return False
 
 
-def ether_frame(dst_mac, src_mac, ipv4_packet):
-    """An Ethernet II frame carrying an IPv4 packet."""
+def ether_frame(dst_mac, src_mac, ip_packet):
+    """An Ethernet II frame carrying an IP packet: ethertype 0x86DD if the
+    packet's version nibble is 6, else 0x0800 (IPv4)."""
     if len(dst_mac) != 6 or len(src_mac) != 6:
         raise ValueError("MAC addresses must be 6 bytes")
-    return bytes(dst_mac) + bytes(src_mac) + b"\x08\x00" + bytes(ipv4_packet)
+    ethertype = b"\x86\xdd" if ip_packet and ip_packet[0] >> 4 == 6 else b"\x08\x00"
+    return bytes(dst_mac) + bytes(src_mac) + ethertype + bytes(ip_packet)
 
 
 _MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}$")
@@ -323,8 +347,19 @@ def parse_mac(text):
     return bytes(int(part, 16) for part in re.split("[:-]", text))
 
 
-def default_mac(ipv4_addr):
-    """A locally administered MAC made from an IPv4 address: 02:00 + its 4 bytes."""
-    if len(ipv4_addr) != 4:
-        raise ValueError("an IPv4 address is 4 bytes")
-    return b"\x02\x00" + bytes(ipv4_addr)
+def default_mac(addr):
+    """A locally administered unicast MAC made from a next hop's address.
+
+    IPv4 (4 bytes): 02:00 + its 4 bytes, so 198.51.100.10 -> 02:00:c6:33:64:0a.
+    IPv6 (16 bytes): 02:06 + its last 4 bytes, so 2001:db8:1::10 ->
+    02:06:00:00:00:10 and 2001:db8::c633:640a -> 02:06:c6:33:64:0a. The
+    second byte keeps the two families apart (and 2001:db8::1 away from the
+    director's default 02:00:00:00:00:01); addresses that differ only above
+    their last 32 bits share a MAC, so give such next hops --neigh entries.
+    """
+    addr = bytes(addr)
+    if len(addr) == 4:
+        return b"\x02\x00" + addr
+    if len(addr) == 16:
+        return b"\x02\x06" + addr[12:]
+    raise ValueError("an IPv4 address is 4 bytes and an IPv6 address 16")

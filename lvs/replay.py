@@ -21,32 +21,79 @@ class ReplayError(Exception):
 
 
 def _addr(text):
+    """A dotted-quad IPv4 address (4 bytes) or an IPv6 address, bare or in
+    brackets (16 bytes); None for anything else."""
     try:
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+            if "[" in text or "]" in text:
+                return None
+            return socket.inet_pton(socket.AF_INET6, text) if ":" in text else None
+        if ":" in text:
+            return socket.inet_pton(socket.AF_INET6, text)
         return socket.inet_aton(text) if text.count(".") == 3 else None
-    except OSError:
+    except (OSError, ValueError):  # ValueError: an embedded NUL
         return None
 
 
 def parse_fwmark(text):
-    """PROTO:ADDR[:PORT]=MARK -> (proto, addr bytes, port or None, mark)."""
+    """PROTO:ADDR[:PORT]=MARK -> (proto, addr bytes, port or None, mark).
+
+    An IPv6 ADDR is written in brackets when a PORT follows
+    (tcp:[2001:db8::1]:80=1); a bare IPv6 ADDR has no port."""
     try:
         match, mark_text = text.rsplit("=", 1)
-        parts = match.split(":")
-        proto = {"tcp": 6, "udp": 17}[parts[0].lower()]
-        addr = _addr(parts[1])
-        if addr is None or len(parts) > 3:
+        proto_text, _, rest = match.partition(":")
+        proto = {"tcp": 6, "udp": 17}[proto_text.lower()]
+        if rest.startswith("["):
+            close = rest.index("]")
+            addr, after = _addr(rest[:close + 1]), rest[close + 1:]
+            if after and not after.startswith(":"):
+                raise ValueError
+            port_text = after[1:] if after else None
+        elif rest.count(":") > 1:
+            addr, port_text = _addr(rest), None
+        else:
+            addr_text, sep, port_text = rest.partition(":")
+            addr, port_text = _addr(addr_text), (port_text if sep else None)
+            if addr is not None and len(addr) != 4:
+                raise ValueError
+        if addr is None:
             raise ValueError
         port = None
-        if len(parts) == 3 and parts[2] != "any":
-            port = int(parts[2])
+        if port_text is not None and port_text != "any":
+            if not port_text.isdigit():
+                raise ValueError
+            port = int(port_text)
             if not 0 <= port <= 65535:
                 raise ValueError
         mark = int(mark_text, 0)
         if not 0 < mark <= 0xFFFFFFFF:
             raise ValueError
     except (ValueError, KeyError, IndexError):
-        raise ReplayError("bad --fwmark %r: want PROTO:ADDR[:PORT]=MARK, e.g. tcp:198.51.100.2:80=1" % text)
+        raise ReplayError("bad --fwmark %r: want PROTO:ADDR[:PORT]=MARK, e.g. tcp:198.51.100.2:80=1 "
+                          "or tcp:[2001:db8::2]:80=1" % text)
     return proto, addr, port, mark
+
+
+def parse_directors(director):
+    """--director values -> (IPv4 address or None, IPv6 address or None).
+
+    `director` is None, one address text, or a list of them: at most one per
+    family, so `--director 192.0.2.1 --director 2001:db8::1` sets both."""
+    if director is None:
+        return None, None
+    texts = [director] if isinstance(director, str) else list(director)
+    found = {}
+    for text in texts:
+        addr = _addr(text)
+        if addr is None:
+            raise ReplayError("bad --director %r" % text)
+        if len(addr) in found:
+            raise ReplayError("--director given twice for %s (%s, %s): one address per family"
+                              % ("IPv6" if len(addr) == 16 else "IPv4", found[len(addr)][0], text))
+        found[len(addr)] = (text, addr)
+    return (found[4][1] if 4 in found else None), (found[16][1] if 16 in found else None)
 
 
 def fwmark_function(specs):
@@ -95,12 +142,19 @@ def load_rules(path):
     return initial, timed
 
 
+_VERSION = {"ipv4": 4, "ipv6": 6}
+
+
 def run_capture(engine, capture_path, send, before=None, shift=0.0):
     """Feed a capture to `engine`, its timestamps (plus `shift`) as the clock.
 
     send(ts, transmits) gets what the director sends; before(ts) runs first
     for each record (the replay's timed rules). Non-IPv4 frames run the
-    timers and are counted under their kind. Returns the number of records.
+    for each record (the replay's timed rules). IPv4 and IPv6 packets go to
+    the engine; other frames run the timers and are counted under their kind,
+    and an IP packet whose version nibble contradicts its link layer (an
+    0x86DD frame holding no IPv6 header, say) is counted as not_ipv4 or
+    not_ipv6, as ip_rcv and ipv6_rcv drop them. Returns the number of records.
     """
     count = 0
     for ts, kind, data in read_capture(capture_path):
@@ -108,17 +162,24 @@ def run_capture(engine, capture_path, send, before=None, shift=0.0):
         count += 1
         if before is not None:
             before(ts)
-        if kind != "ipv4":
-            send(ts, engine.expire(ts))
-            engine.count_drop(kind)
-            continue
-        send(ts, engine.receive(data, ts))
+        if kind == "ipv4" or kind == "ipv6":
+            version = data[0] >> 4 if data else 0
+            if version == _VERSION[kind]:
+                send(ts, engine.receive(data, ts))
+                continue
+            kind = "not_" + kind
+        send(ts, engine.expire(ts))
+        engine.count_drop(kind)
     return count
 
 
 def replay(rules_path, capture_path, out_path=None, sysctls=(), fwmarks=(), neigh=(),
            mac="02:00:00:00:00:01", seed=0, director=None, stdout=None, stderr=None):
-    """Run the replay; returns the exit status."""
+    """Run the replay; returns the exit status.
+
+    `director` is None, an address (IPv4 or IPv6) or a list with at most one
+    of each family; `neigh` items are IP=MAC with an IPv4 or IPv6 IP (IPv6
+    bare or in brackets). Next hops without one get pcap.default_mac()."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     config = EngineConfig()
@@ -137,18 +198,15 @@ def replay(rules_path, capture_path, out_path=None, sysctls=(), fwmarks=(), neig
                 raise ValueError
             neighbours[addr] = parse_mac(hw)
         except ValueError:
-            raise ReplayError("bad --neigh %r: want IP=MAC" % item)
+            raise ReplayError("bad --neigh %r: want IP=MAC (IPv4 or IPv6 IP)" % item)
     try:
         src_mac = parse_mac(mac)
     except ValueError:
         raise ReplayError("bad --mac %r" % mac)
-    director_addr = None
-    if director is not None:
-        director_addr = _addr(director)
-        if director_addr is None:
-            raise ReplayError("bad --director %r" % director)
+    director_addr, director_addr6 = parse_directors(director)
 
-    engine = Engine(config, seed=seed, director_addr=director_addr, fwmark=fwmark_function(marks))
+    engine = Engine(config, seed=seed, director_addr=director_addr, director_addr6=director_addr6,
+                    fwmark=fwmark_function(marks))
     initial, timed = load_rules(rules_path)
     try:
         for number, cmd in initial:
@@ -164,7 +222,7 @@ def replay(rules_path, capture_path, out_path=None, sysctls=(), fwmarks=(), neig
     def send(ts, transmits):
         if writer is not None:
             for tx in transmits:
-                dst = neighbours.get(tx.nexthop) or default_mac(tx.nexthop)
+                dst = neighbours.get(bytes(tx.nexthop)) or default_mac(tx.nexthop)
                 writer.write(ts, ether_frame(dst, src_mac, tx.packet))
 
     def run_timed(until):

@@ -87,7 +87,7 @@ def test_classic_raw_ip(tmp_path, linktype):
     check(tmp_path / "r.pcap", pkts, TIMES_US, 10**6)
 
 
-def test_non_ipv4_frames_are_labelled(tmp_path):
+def test_non_ip_frames_are_labelled(tmp_path):
     arp = Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc="198.51.100.1", pdst="198.51.100.2")
     v6 = Ether(src=MAC_A, dst=MAC_B) / IPv6() / UDP()
     odd = Ether(src=MAC_A, dst=MAC_B, type=0x88CC) / b"lldp"
@@ -96,7 +96,40 @@ def test_non_ipv4_frames_are_labelled(tmp_path):
     wrpcap(str(tmp_path / "x.pcap"), frames)
     records = list(read_capture(str(tmp_path / "x.pcap")))
     assert [r[1] for r in records] == ["arp", "ipv6", "other", "arp"]
-    assert [r[2] for r in records] == [bytes(f) for f in frames]  # raw frames back
+    # IPv6 comes back as the bare packet, like IPv4; the others as raw frames.
+    assert [r[2] for r in records] == [bytes(arp), bytes(v6[IPv6]), bytes(odd), bytes(vlan_arp)]
+
+
+def ipv6_packets():
+    return [
+        IPv6(src="2001:db8::1", dst="2001:db8::2") / TCP(sport=40001, dport=80, flags="S"),
+        IPv6(src="2001:db8::3", dst="2001:db8::2") / UDP(sport=5353, dport=53) / b"query",
+    ]
+
+
+@pytest.mark.parametrize("link", sorted(LINK_LAYERS))
+def test_ipv6_through_each_link_layer(tmp_path, link):
+    def relabel(frame):  # the link layers above were written for IPv4
+        for layer in (Ether, Dot1Q, CookedLinux, CookedLinuxV2):
+            if frame.haslayer(layer):
+                inner = frame.getlayer(layer)
+                if isinstance(inner.payload, IPv6):
+                    if layer in (CookedLinux, CookedLinuxV2):
+                        inner.proto = 0x86DD
+                    else:
+                        inner.type = 0x86DD
+        return frame
+    pkts = [relabel(LINK_LAYERS[link](ip)) for ip in ipv6_packets()]
+    wrpcap(str(tmp_path / "v6.pcap"), pkts)
+    records = list(read_capture(str(tmp_path / "v6.pcap")))
+    assert [(r[1], r[2]) for r in records] == [("ipv6", bytes(p)) for p in ipv6_packets()]
+
+
+@pytest.mark.parametrize("linktype", [101, 12, 14, 229])
+def test_raw_ipv6_link_types(tmp_path, linktype):
+    wrpcap(str(tmp_path / "r6.pcap"), ipv6_packets(), linktype=linktype)
+    records = list(read_capture(str(tmp_path / "r6.pcap")))
+    assert [(r[1], r[2]) for r in records] == [("ipv6", bytes(p)) for p in ipv6_packets()]
 
 
 def test_raw_ipv6_and_sll_arp(tmp_path):
