@@ -1,8 +1,11 @@
 """What the engine answers with: packets to send, with their next hop."""
 
+import socket
+
 
 class Transmit:
-    """A packet to send: `packet` is the IPv4 packet, `nexthop` the address whose MAC it goes to."""
+    """A packet to send: `packet` is the IPv4 or IPv6 packet, `nexthop` the address
+    (4 or 16 bytes) whose MAC it goes to."""
 
     __slots__ = ("nexthop", "packet")
 
@@ -11,4 +14,6 @@ class Transmit:
         self.packet = packet
 
     def __repr__(self):
-        return "Transmit(nexthop=%s, %d bytes)" % (".".join(map(str, self.nexthop)), len(self.packet))
+        family = socket.AF_INET6 if len(self.nexthop) == 16 else socket.AF_INET
+        return "Transmit(nexthop=%s, %d bytes)" % (socket.inet_ntop(family, bytes(self.nexthop)),
+                                                   len(self.packet))
