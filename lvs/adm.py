@@ -28,8 +28,12 @@ daemon opens the sockets (lvs/daemon.py). The multicast interface must exist whe
 the engine has an ``interfaces`` attribute (a dict name -> MTU: what the
 director's network namespace has; "No such device" otherwise, as the kernel
 says for ENODEV); without one, any name is taken, with the MTU engine.mtu.
-pylvs is IPv4 only: an IPv6 --mcast-group gets the answer of a kernel
-without IPv6 IPVS ("Operation not supported with specified address family").
+An IPv6 --mcast-group is kept as inet_ntop writes it, and its headers
+(IPv6 + UDP, 48 bytes) are what the default and the clamp of sync_maxlen
+leave out.  The sync protocol cannot carry a real server of another family
+than its service: no daemon starts while one exists (EINVAL, before any other
+check of start_sync_thread), and none can be added while a daemon runs
+(lvs/tables.py).
 
 -R, where pylvs deliberately differs from ipvsadm.  ipvsadm -R reads stdin
 line by line (config_stream_read: blanks split, no quoting, the token
@@ -54,9 +58,9 @@ import socket
 from . import listing, rules
 from .errors import ConfigError
 from .rules import (
-    AF_INET6, EAFNOSUPPORT_TEXT, OPTC_CONNECTION, OPTC_DAEMON, OPTC_PERSISTENTCONN, OPTC_SERVICE,
-    OPTC_TIMEOUT,
+    OPTC_CONNECTION, OPTC_DAEMON, OPTC_PERSISTENTCONN, OPTC_SERVICE, OPTC_TIMEOUT,
 )
+from .tables import EINVAL_TEXT
 
 __all__ = ["run", "VERSION_TEXT", "usage_text", "config_stream_lines", "list_daemons",
            "start_daemon", "stop_daemon"]
@@ -157,6 +161,7 @@ NO_DEVICE_TEXT = "No such device"                    # ENODEV: no such mcast int
 IP_VS_SYNC_GROUP = "224.0.0.81"
 IP_VS_SYNC_PORT = 8848
 SYNC_HLEN = 20 + 8          # IPv4 + UDP header (start_sync_thread's hlen)
+SYNC_HLEN6 = 40 + 8         # IPv6 + UDP header
 DAEMON_STATES = ("master", "backup")
 
 
@@ -205,12 +210,11 @@ def run(engine, argv, stdin_text=None, prog=PROG, atomic_restore=True):
 def _parse(args, prog, io):
     """parse_options + the checks of process_options; None where ipvsadm returns -1."""
     try:
-        return rules.parse_cli(args, prog, allow_ipv6=True)
+        return rules.parse_cli(args, prog)
     except ConfigError as e:
         io.err.append(e.message + "\n")
         if e.status == 255 and not e.message.startswith("Try `"):
-            # a popt error, or the answer of a kernel without IPv6 IPVS:
-            # process_options returns -1, the process goes on (in -R)
+            # a popt error: process_options returns -1, the process goes on (in -R)
             return None
         raise _Exit(e.status)
 
@@ -227,8 +231,6 @@ def _process(engine, args, stdin_text, prog, io, reading_stdin, atomic_restore):
     if cmd == rules.VERSION:
         io.out.append(VERSION_TEXT)
         raise _Exit(0)
-    if (pa.svc_given and pa.svc_af == AF_INET6) or pa.dest_af == AF_INET6:
-        return _ipv6_refusal(engine, pa, io)
     if cmd == "list":
         _list(engine, pa, io)
         return 0
@@ -256,22 +258,6 @@ def _process(engine, args, stdin_text, prog, io, reading_stdin, atomic_restore):
     return 0
 
 
-def _ipv6_refusal(engine, pa, io):
-    """What a kernel without IPv6 IPVS answers (pylvs is IPv4 only), in the
-    kernel's order: ip_vs_genl_set_cmd parses the service (an IPv6 one is
-    EAFNOSUPPORT), looks it up (ESRCH, "Service not defined" for the real
-    server commands), and only then parses the real server (EAFNOSUPPORT).
-    A listing of an IPv6 service fails in ipvs_get_service: list_service
-    prints the error and exits with 1."""
-    io.err.append(EAFNOSUPPORT_TEXT + "\n")
-    if pa.cmd_name == "list":
-        raise _Exit(1)
-    if (pa.svc_af != AF_INET6 and pa.cmd_name in ("add-server", "edit-server", "delete-server")
-            and pa.service_key() not in engine.services):
-        io.err[-1] = "Service not defined\n"
-    return 255
-
-
 def command_kind(argv, prog=PROG):
     """What a command line does to the tables, for a daemon with workers
     (lvs/fanout.py): "change" (every process carries it out), "daemon" (the sync
@@ -281,7 +267,7 @@ def command_kind(argv, prog=PROG):
     if not argv:
         return "services"
     try:
-        pa = rules.parse_cli(list(argv), prog, allow_ipv6=True)
+        pa = rules.parse_cli(list(argv), prog)
     except ConfigError:
         return "local"
     cmd = pa.cmd_name
@@ -342,17 +328,20 @@ def start_daemon(engine, pa):
     """--start-daemon: ip_vs_genl_new_daemon + start_sync_thread (6.1)."""
     state = pa.daemon_state
     group = pa.mcast_group
-    if group is not None and ":" in group:
-        raise ConfigError(EAFNOSUPPORT_TEXT)  # pylvs has no IPv6 IPVS
+    family = socket.AF_INET6 if group is not None and ":" in group else socket.AF_INET
+    if engine.mixed_family_dests():
+        # ip_vs_genl_new_daemon: the sync protocol has no room for them
+        raise ConfigError(EINVAL_TEXT)
     mtu = _interface_mtu(engine, pa.mcast_ifn)
+    hlen = SYNC_HLEN6 if family == socket.AF_INET6 else SYNC_HLEN
     if state == "backup":
         dev_mtu, min_len = min(max(mtu, 1500), 65535), 1024
     else:
         dev_mtu, min_len = 1500, 1
     if pa.sync_maxlen:
-        maxlen = min(max(pa.sync_maxlen, min_len), 65535 - SYNC_HLEN)
+        maxlen = min(max(pa.sync_maxlen, min_len), 65535 - hlen)
     else:
-        maxlen = dev_mtu - SYNC_HLEN
+        maxlen = dev_mtu - hlen
     daemons = _daemons(engine)
     if state in daemons:
         raise ConfigError(DAEMON_RUNNING_TEXT)
@@ -360,7 +349,8 @@ def start_daemon(engine, pa):
         "mcast_ifn": pa.mcast_ifn,
         "syncid": pa.syncid,
         "sync_maxlen": maxlen,
-        "mcast_group": socket.inet_ntoa(socket.inet_aton(group)) if group else IP_VS_SYNC_GROUP,
+        "mcast_group": (socket.inet_ntop(family, socket.inet_pton(family, group)) if group
+                        else IP_VS_SYNC_GROUP),
         "mcast_port": pa.mcast_port or IP_VS_SYNC_PORT,
         "mcast_ttl": pa.mcast_ttl or 1,
     }

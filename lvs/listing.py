@@ -12,6 +12,13 @@ qsort is a stable merge sort, reproduced here.  With sort=False (--nosort)
 the kernel's order: services as ip_vs_genl_dump_services walks the two
 256-bucket hash tables (ip_vs_svc_hashkey / ip_vs_svc_fwm_hashkey, newest
 first in a bucket), real servers in list order (newest first).
+
+IPv6 as ipvsadm prints it: "[addr]:port" (inet_ntop's text), an IPv6
+fwmark service as "FWM  N IPv6" / "-f N -6", a persistence mask as the
+prefix length (none for 128); the 33- and 28-column cuts of the service
+and real-server names apply to IPv4 names only, so long IPv6 names push
+the columns after them along.  The sort puts IPv4 services first and
+compares IPv6 addresses word by word, each difference a C int.
 """
 
 import math
@@ -20,7 +27,7 @@ import struct
 
 from .errors import ConfigError
 from .flags import (
-    IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_LOCALNODE,
+    AF_INET, AF_INET6, IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_LOCALNODE,
     IP_VS_CONN_F_MASQ, IP_VS_CONN_F_TUNNEL, IP_VS_SVC_F_ONEPACKET,
     IP_VS_SVC_F_PERSISTENT, IP_VS_SVC_F_SCHED1, IP_VS_SVC_F_SCHED2,
     IP_VS_SVC_F_SCHED3,
@@ -63,9 +70,14 @@ def port_to_anyname(port, protocol):
     return "%u" % port
 
 
+def addr_text(addr):
+    """inet_ntop of a 4- or 16-byte address (glibc's text: "::ffff:192.0.2.1")."""
+    return socket.inet_ntop(socket.AF_INET6 if len(addr) == 16 else socket.AF_INET, addr)
+
+
 def addr_to_anyname(addr):
-    """gethostbyaddr's h_name, else the dotted quad."""
-    text = socket.inet_ntoa(addr)
+    """gethostbyaddr's h_name, else inet_ntop's text."""
+    text = addr_text(addr)
     try:
         return socket.gethostbyaddr(text)[0]
     except (OSError, ValueError, UnicodeError):
@@ -73,9 +85,13 @@ def addr_to_anyname(addr):
 
 
 def addrport_to_anyname(addr, port, protocol, numeric):
-    if numeric:
-        return "%s:%u" % (socket.inet_ntoa(addr), port)
-    return "%s:%s" % (addr_to_anyname(addr), port_to_anyname(port, protocol))
+    """host:port, an IPv6 host in brackets ("[2001:db8::1]:80"); ipvsadm's
+    60-byte buffer keeps 59 characters."""
+    host = addr_text(addr) if numeric else addr_to_anyname(addr)
+    if len(addr) == 16:
+        host = "[%s]" % host
+    service = "%u" % port if numeric else port_to_anyname(port, protocol)
+    return ("%s:%s" % (host, service))[:59]
 
 
 def _protocol_name(protocol):
@@ -167,26 +183,50 @@ def _msort(items, cmp):
 
 
 def _addr_int(addr):
-    return struct.unpack("!I", addr)[0]
+    return struct.unpack("!I", addr[:4])[0]
+
+
+def _words(addr):
+    """union nf_inet_addr as four host-order words (an IPv4 address, then zeros)."""
+    return struct.unpack("!4I", addr + bytes(16 - len(addr)))
+
+
+def _cmp_addrs(a1, a2):
+    """The address part of libipvs' comparisons: a1's family decides; IPv6 word
+    by word, IPv4 the first word; each difference taken as a C int."""
+    if len(a1) != 16:
+        return _int32(_addr_int(a1) - _words(a2)[0])
+    for w1, w2 in zip(_words(a1), _words(a2)):
+        r = _int32(w1 - w2)
+        if r:
+            return r
+    return 0
+
+
+def _af(addr):
+    return AF_INET6 if len(addr) == 16 else AF_INET
 
 
 def _cmp_services(s1, s2):
-    """libipvs ipvs_cmp_services (IPv4; af is equal)."""
+    """libipvs ipvs_cmp_services: fwmark, af (IPv4 first), protocol, address, port."""
     r = _int32(s1.fwmark - s2.fwmark)
+    if r:
+        return r
+    r = _af(s1.addr) - _af(s2.addr)
     if r:
         return r
     r = _listed_protocol(s1) - _listed_protocol(s2)
     if r:
         return r
-    r = _int32(_addr_int(s1.addr) - _addr_int(s2.addr))
+    r = _cmp_addrs(s1.addr, s2.addr)
     if r:
         return r
     return s1.port - s2.port
 
 
 def _cmp_dests(d1, d2):
-    """libipvs ipvs_cmp_dests."""
-    r = _int32(_addr_int(d1.addr) - _addr_int(d2.addr))
+    """libipvs ipvs_cmp_dests (mixed families: d1's decides how far to compare)."""
+    r = _cmp_addrs(d1.addr, d2.addr)
     if r:
         return r
     return d1.port - d2.port
@@ -198,8 +238,12 @@ def _listed_protocol(svc):
 
 
 def svc_hashkey(protocol, addr, port, salt=0):
-    """ip_vs_svc_hashkey; salt is ((size_t) ipvs >> 8), unknowable, 0 here."""
-    ahash = _addr_int(addr) ^ salt
+    """ip_vs_svc_hashkey (an IPv6 address folded to one word by XOR); salt is
+    ((size_t) ipvs >> 8), unknowable, 0 here."""
+    fold = 0
+    for word in _words(addr) if len(addr) == 16 else (_addr_int(addr),):
+        fold ^= word
+    ahash = fold ^ salt
     return (protocol ^ ahash ^ (port >> IP_VS_SVC_TAB_BITS) ^ port) & IP_VS_SVC_TAB_MASK
 
 
@@ -283,13 +327,28 @@ def _sched_flags_text(svc):
 
 
 def _svc_name(svc, numeric, rule):
+    ipv6 = len(svc.addr) == 16
     if svc.fwmark:
         mark = _int32(svc.fwmark)  # printed with %d
-        return ("-f %d" if rule else "FWM  %d") % mark
+        if rule:
+            return ("-f %d -6" if ipv6 else "-f %d") % mark
+        return ("FWM  %d IPv6" if ipv6 else "FWM  %d") % mark
     vname = addrport_to_anyname(svc.addr, svc.port, svc.protocol, numeric)
     if rule:
         return "%s %s" % (_protocol_option(svc.protocol) or "--xxx-service", vname)
-    return ("%-4s %s" % (_c_str(_protocol_name(svc.protocol)), vname))[:33]
+    name = "%-4s %s" % (_c_str(_protocol_name(svc.protocol)), vname)
+    return name if ipv6 else name[:33]  # svc_name[33] = '\0' for IPv4 only
+
+
+def _mask_text(svc, option):
+    """" mask M" / " -M M" of a persistent service: IPv4's a dotted mask unless
+    /32, IPv6's a prefix length unless 128."""
+    if len(svc.addr) == 16:
+        if svc.netmask != 128:
+            return " %s %d" % (option, _int32(svc.netmask))
+    elif _u32(svc.netmask) != 0xFFFFFFFF:
+        return " %s %s" % (option, _dotted(svc.netmask))
+    return ""
 
 
 def _tun_info(dest):
@@ -330,8 +389,7 @@ def _service_entry(svc, fmt, numeric, exact, sort, out):
             line += " (%s)" % _sched_flags_text(svc)
         if svc.flags & IP_VS_SVC_F_PERSISTENT:
             line += " persistent %u" % _u32(svc.timeout)
-            if _u32(svc.netmask) != 0xFFFFFFFF:
-                line += " mask %s" % _dotted(svc.netmask)
+            line += _mask_text(svc, "mask")
             if svc.pe_name:
                 line += " pe %s" % svc.pe_name
         if svc.flags & IP_VS_SVC_F_ONEPACKET:
@@ -339,7 +397,9 @@ def _service_entry(svc, fmt, numeric, exact, sort, out):
     out.append(line + "\n")
 
     for dest in _dests(svc, sort):
-        dname = addrport_to_anyname(dest.addr, dest.port, _listed_protocol(svc), numeric)[:28]
+        dname = addrport_to_anyname(dest.addr, dest.port, _listed_protocol(svc), numeric)
+        if len(dest.addr) != 16:
+            dname = dname[:28]  # dname[28] = '\0', for IPv4 only
         if fmt == "stats":
             out.append("  -> %-28s" % dname
                        + "".join(print_largenum(v, exact) for v in _dest_counters(dest.stats))
@@ -404,8 +464,7 @@ def rule_lines(engine, numeric=True, sort=True):
         line = "-A %s -s %s" % (name, svc.sched_name)
         if svc.flags & IP_VS_SVC_F_PERSISTENT:
             line += " -p %u" % _u32(svc.timeout)
-            if _u32(svc.netmask) != 0xFFFFFFFF:
-                line += " -M %s" % _dotted(svc.netmask)
+            line += _mask_text(svc, "-M")
         if svc.pe_name:
             line += " --pe %s" % svc.pe_name
         if svc.flags & IP_VS_SVC_F_ONEPACKET:

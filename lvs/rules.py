@@ -31,7 +31,7 @@ from .control import (
 )
 from .errors import ConfigError
 from .flags import (
-    IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_MASQ,
+    AF_INET, AF_INET6, IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_MASQ,
     IP_VS_CONN_F_TUNNEL, IP_VS_SVC_F_ONEPACKET, IP_VS_SVC_F_PERSISTENT,
     IP_VS_SVC_F_SCHED1, IP_VS_SVC_F_SCHED2, IP_VS_SVC_F_SCHED3,
     IP_VS_TUNNEL_ENCAP_FLAG_CSUM, IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM,
@@ -42,8 +42,6 @@ PROG = "ipvsadm"
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 IPPROTO_SCTP = 132
-AF_INET = 2
-AF_INET6 = 10
 
 DEF_SCHED = "wlc"
 DEF_MCAST_IFN = "eth0"
@@ -53,8 +51,6 @@ INT_MAX = 0x7FFFFFFF
 IP_VS_SCHEDNAME_MAXLEN = 16
 IP_VS_PENAME_MAXLEN = 16  # what the 1.31 binary copies (strncpy ..., 16)
 SCHED_FLAGS_MASK = IP_VS_SVC_F_SCHED1 | IP_VS_SVC_F_SCHED2 | IP_VS_SVC_F_SCHED3
-
-EAFNOSUPPORT_TEXT = "Operation not supported with specified address family"
 
 # ipvsadm's commands (CMD_*), by the names its messages use.
 CMD_NAMES = (
@@ -333,6 +329,14 @@ def inet_aton(text):
         return None
 
 
+def inet_pton6(text):
+    """glibc inet_pton(AF_INET6): 16 bytes, or None (no scope id, no brackets)."""
+    try:
+        return socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, ValueError, UnicodeError):
+        return None
+
+
 def host_to_addr(name):
     """gethostbyname, IPv4 only: 4 bytes or None."""
     if not name or name == "<broadcast>" or re.search(r"[\x00-\x20\x7f]", name):
@@ -366,7 +370,11 @@ SERVICE_PORT = 2
 
 
 def parse_service(text, protocol):
-    """ipvsadm's parse_service: (result bits, af, addr bytes or None, port or None)."""
+    """ipvsadm's parse_service: (result bits, af, addr bytes or None, port or None).
+
+    "[addr]:port" is IPv6 (the brackets need the ":port"); an unbracketed
+    text that inet_pton takes as IPv6 is the whole address, without a port
+    ("2001:db8::1:80" is one address); anything else is IPv4 host[:port]."""
     if text is None or _ALL_DIGITS.match(text):
         # str_is_digit: all digits (the empty string too) is no address
         return SERVICE_NONE, None, None, None
@@ -382,13 +390,9 @@ def parse_service(text, protocol):
         if not after.startswith(":"):
             return SERVICE_NONE, None, None, None
         portp = after[1:]
-    try:
-        socket.inet_pton(socket.AF_INET6, buf)
-        is6 = True
-    except (OSError, ValueError, UnicodeError):
-        is6 = False
-    if is6:
-        af, addr = AF_INET6, None
+    addr = inet_pton6(buf)
+    if addr is not None:
+        af = AF_INET6
     else:
         # The IPv4 path looks for the port again (a bracketed IPv4 address
         # thereby loses its port, as in ipvsadm).
@@ -529,7 +533,9 @@ class ParsedArgs:
 
     def service_spec(self):
         if self.fwmark:
-            return ServiceSpec(protocol=0, addr=b"\0\0\0\0", port=0, fwmark=self.fwmark,
+            # no address; its family is the length of the zero one (-6: IPv6)
+            zero = bytes(16 if self.svc_af == AF_INET6 else 4)
+            return ServiceSpec(protocol=0, addr=zero, port=0, fwmark=self.fwmark,
                                sched_name=self.sched_name, flags=self.flags,
                                timeout=self.timeout, netmask=self.netmask,
                                pe_name=self.pe_name)
@@ -787,17 +793,14 @@ def _option(pa, tag, arg, popt):
         _fail("invalid option `%s'" % popt.last)
 
 
-def parse_cli(args, prog=PROG, allow_ipv6=False):
+def parse_cli(args, prog=PROG):
     """Parse one ipvsadm command line (without the program name).
 
     Returns a ParsedArgs; raises ConfigError with ipvsadm's message and exit
     status for what ipvsadm itself rejects.  For help and version requests
-    cmd_name is HELP or VERSION and nothing else is parsed.
-
-    An IPv6 service or real server is refused here with the answer of a
-    kernel without IPv6 IPVS, unless ``allow_ipv6``: then the line is
-    returned parsed (svc_af / dest_af say AF_INET6) with no ``command``, for
-    a caller that answers in the kernel's order (lvs.adm).
+    cmd_name is HELP or VERSION and nothing else is parsed.  IPv4 and IPv6
+    alike: svc_af and dest_af say which (a fwmark service is IPv4 unless
+    ``-6`` follows its ``-f``).
     """
     pa = ParsedArgs()
     pa.sched_flags_arg = ""
@@ -881,12 +884,6 @@ def parse_cli(args, prog=PROG, allow_ipv6=False):
                 or (o & ((1 << OPTC_TIMEOUT) | (1 << OPTC_DAEMON))
                     and o & (1 << OPTC_PERSISTENTCONN))):
             _fail("options conflicts in the list command")
-
-    # pylvs is IPv4 only: what a kernel without IPv6 IPVS answers.
-    if (pa.svc_given and pa.svc_af == AF_INET6) or pa.dest_af == AF_INET6:
-        if allow_ipv6:
-            return pa
-        _fail(EAFNOSUPPORT_TEXT, 255)
 
     name = RULE_COMMANDS.get(pa.cmd_name)
     if name is not None:

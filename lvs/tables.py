@@ -12,7 +12,8 @@ from . import proto_tcp
 from .control import (ADD_DEST, ADD_SERVICE, DEL_DEST, DEL_SERVICE, EDIT_DEST,
                       EDIT_SERVICE, FLUSH, SET_TIMEOUT, ZERO)
 from .errors import ConfigError
-from .flags import IP_VS_DEST_F_AVAILABLE, IPPROTO_TCP, IPPROTO_UDP
+from .flags import (IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_TUNNEL, IP_VS_DEST_F_AVAILABLE,
+                    IPPROTO_TCP, IPPROTO_UDP)
 from .registry import scheduler_class
 from .service import Dest, Service
 from .stats import Stats
@@ -72,6 +73,12 @@ class Tables:
             # No persistence engine is built (the kernel's only one, sip, needs
             # SIP parsing and conntrack helpers): answered as a missing module.
             raise ConfigError("Scheduler or persistence engine not found")
+        if len(spec.addr) == 16 and not 1 <= spec.netmask <= 128:
+            # ip_vs_add_service / ip_vs_edit_service: an IPv6 prefix length,
+            # checked once the scheduler is found
+            if spec.sched_name != "none":
+                scheduler_class(spec.sched_name)
+            raise ConfigError(EINVAL_TEXT)
 
     @_changes_tables
     def add_service(self, spec):
@@ -135,17 +142,49 @@ class Tables:
         if spec.tun_type == 1 and spec.tun_port == 0:  # GUE needs a port
             raise ConfigError(EINVAL_TEXT)
 
+    def _check_dest_family(self, svc, spec):
+        """ip_vs_genl_set_cmd, for -a and -e: a real server of another family
+        than its service only for a tunnel, and never while a sync daemon
+        runs (the sync protocol cannot carry it)."""
+        if len(spec.addr) != len(svc.addr):
+            if getattr(self, "sync_daemons", None):
+                raise ConfigError(EINVAL_TEXT)
+            if spec.conn_flags & IP_VS_CONN_F_FWD_MASK != IP_VS_CONN_F_TUNNEL:
+                raise ConfigError(EINVAL_TEXT)
+
+    def mixed_family_dests(self):
+        """ipvs->mixed_address_family_dests: the real servers whose family is
+        not their service's (a sync daemon cannot start while there are any)."""
+        return sum(1 for svc in self.services.values() for dest in svc.destinations
+                   if len(dest.addr) != len(svc.addr))
+
+    def _dest_addr_refused(self, addr):
+        """ip_vs_new_dest's address check (EINVAL)."""
+        if len(addr) == 16:
+            # ipv6_addr_type(): not IPV6_ADDR_UNICAST (multicast, ::, v4-mapped),
+            # or link-local, and no address of the director's own
+            # (__ip_vs_addr_is_local_v6)
+            multicast = addr[0] == 0xFF
+            zero_prefix = addr[:8] == bytes(8)
+            unspecified = addr == bytes(16)
+            mapped = zero_prefix and addr[8:12] == b"\0\0\xff\xff"
+            link_local = addr[0] == 0xFE and addr[1] & 0xC0 == 0x80
+            return ((multicast or unspecified or mapped or link_local)
+                    and addr != getattr(self, "director_addr6", None))
+        # not RTN_UNICAST/RTN_LOCAL
+        return addr[0] == 0 or addr[0] >= 224 or addr == b"\xff\xff\xff\xff"
+
     @_changes_tables
     def add_dest(self, svc_spec, spec):
         svc = self._find_service(svc_spec)
         if svc is None:
             raise ConfigError("Service not defined")
+        self._check_dest_family(svc, spec)
         self._check_dest_spec(spec)
         if svc.find_dest(spec.addr, spec.port) is not None:
             raise ConfigError("Destination already exists")
-        a = spec.addr
-        if a[0] == 0 or a[0] >= 224 or a == b"\xff\xff\xff\xff":
-            raise ConfigError(EINVAL_TEXT)  # not RTN_UNICAST/RTN_LOCAL
+        if self._dest_addr_refused(spec.addr):
+            raise ConfigError(EINVAL_TEXT)
         dest = self._trash_get(svc, spec.addr, spec.port)
         if dest is None:
             dest = Dest(svc, spec.addr, spec.port)
@@ -166,6 +205,7 @@ class Tables:
         svc = self._find_service(svc_spec)
         if svc is None:
             raise ConfigError("Service not defined")
+        self._check_dest_family(svc, spec)
         self._check_dest_spec(spec)
         dest = svc.find_dest(spec.addr, spec.port)
         if dest is None:

@@ -1,6 +1,6 @@
 """What the engine answers with: packets to send, with their next hop."""
 
-import socket
+import ipaddress
 
 
 class Transmit:
@@ -14,6 +14,5 @@ class Transmit:
         self.packet = packet
 
     def __repr__(self):
-        family = socket.AF_INET6 if len(self.nexthop) == 16 else socket.AF_INET
-        return "Transmit(nexthop=%s, %d bytes)" % (socket.inet_ntop(family, bytes(self.nexthop)),
+        return "Transmit(nexthop=%s, %d bytes)" % (ipaddress.ip_address(bytes(self.nexthop)),
                                                    len(self.packet))

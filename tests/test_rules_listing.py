@@ -532,11 +532,25 @@ def test_parse_cli_listing_options():
         rules.parse_args(["-L", "-n"])  # a listing is no rule
 
 
-def test_ipv6_is_refused_as_by_a_kernel_without_it():
-    for argv in (["-A", "-t", "[2001:db8::1]:80"], ["-A", "-f", "5", "-6"]):
+def test_ipv6_parsed_as_ipvsadm():
+    v6 = socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+    cmd = rules.parse_args(["-A", "-t", "[2001:db8::1]:80", "-p", "-M", "64"])
+    assert (cmd.svc.addr, cmd.svc.port, cmd.svc.netmask, cmd.svc.af) == (v6, 80, 64, 10)
+    cmd = rules.parse_args(["-A", "-f", "5", "-6"])
+    assert (cmd.svc.key, cmd.svc.addr, cmd.svc.netmask) == (("f", 5, 10), bytes(16), 128)
+    # unbracketed, the whole text is the address (no port)
+    cmd = rules.parse_args(["-a", "-t", "[2001:db8::1]:80", "-r", "2001:db8::12:80", "-m"])
+    assert (cmd.dest.addr, cmd.dest.port) == (socket.inet_pton(socket.AF_INET6, "2001:db8::12:80"), 80)
+    for argv, message in (
+            (["-A", "-t", "[2001:db8::1]", "-s", "rr"],
+             "illegal virtual server address[:port] specified"),
+            (["-A", "-6", "-f", "1"], "-6 used before -f\n"),
+            (["-A", "-t", "[2001:db8::1]:80", "-p", "-M", "129"], "illegal ipv6 netmask specified"),
+            (["-a", "-t", "[2001:db8::1]:80", "-r", "192.0.2.11:80", "-m"],
+             "Different address family is allowed only for tunneling servers")):
         with pytest.raises(ConfigError) as info:
             rules.parse_args(argv)
-        assert (info.value.message, info.value.status) == (rules.EAFNOSUPPORT_TEXT, 255)
+        assert (info.value.message, info.value.status) == (message, 2)
 
 
 # ------------------------------------------------------------------ listings

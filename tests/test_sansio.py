@@ -8,7 +8,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORBIDDEN = {"socket", "select", "selectors", "os", "time", "random", "asyncio", "fcntl", "threading"}
 CORE = ["lvs/" + name for name in (
-    "engine.py", "core.py", "tables.py", "timers.py", "icmp_send.py", "conntab.py", "service.py", "stats.py", "proto_tcp.py", "proto_icmp.py",
+    "engine.py", "core.py", "core6.py", "ipv6.py", "defrag6.py", "proto_icmp6.py", "icmp6.py", "tables.py", "timers.py", "icmp_send.py", "conntab.py", "service.py", "stats.py", "proto_tcp.py", "proto_icmp.py",
     "checksum.py", "icmp.py", "defrag.py", "config.py", "control.py", "registry.py",
     "flags.py", "errors.py", "verdicts.py")]
 CORE += ["schedulers/" + f for f in sorted(os.listdir(os.path.join(ROOT, "schedulers"))) if f.endswith(".py")]
