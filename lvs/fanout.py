@@ -101,7 +101,9 @@ def set_program(sock, prog):
 # ---------------------------------------------------------------- counters across processes
 
 def _svc_id(svc):
-    return "f%d" % svc.fwmark if svc.fwmark else "%d/%s/%d" % (svc.protocol, svc.addr.hex(), svc.port)
+    if svc.fwmark:
+        return "f%d/%d" % (svc.fwmark, svc.af)   # the same mark may name a service per family
+    return "%d/%s/%d" % (svc.protocol, svc.addr.hex(), svc.port)
 
 
 def _stats_tuple(st):

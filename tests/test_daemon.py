@@ -174,3 +174,34 @@ def test_a_backup_sync_daemon_installs_what_it_hears(sock):
     assert stats["sync_messages_received"] == 3 and stats["sync_installed"] == 1
     assert stats["sync_bad_size"] == 1 and stats["sync_foreign_syncid"] == 1
     assert lvsadm("-L", "--daemon").stdout.startswith("backup sync daemon (mcast=lo, syncid=7")
+
+
+_MCAST6 = r"""
+import select, sys
+from lvs.ports import mcast
+cfg = {"mcast_ifn": sys.argv[1], "mcast_group": "ff02::1:81", "mcast_port": 18848, "mcast_ttl": 1}
+rx = mcast.receive_socket(dict(cfg, mcast_ifn=sys.argv[2]))
+tx = mcast.send_socket(cfg)
+tx.send(b"sync over ipv6")
+ready, _, _ = select.select([rx], [], [], 5.0)
+print(rx.recv(100).decode() if ready else "nothing")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a network namespace and a veth pair")
+def test_sync_sockets_over_ipv6_multicast():
+    # The kernel's sockets for an IPv6 --mcast-group: a master's datagram leaves one
+    # end of a veth pair and a backup's socket, joined on the other end, hears it.
+    ns = "pylvs-mc6-%d" % os.getpid()
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True, timeout=30)  # noqa: E731
+    run("ip", "netns", "add", ns)
+    try:
+        run("ip", "-n", ns, "link", "add", "mca", "type", "veth", "peer", "name", "mcb")
+        for dev in ("mca", "mcb"):
+            run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.%s.accept_dad=0" % dev)
+            run("ip", "-n", ns, "link", "set", dev, "up")
+        r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _MCAST6, "mca", "mcb"],
+                           capture_output=True, text=True, timeout=30, cwd=ROOT)
+        assert r.stdout.strip() == "sync over ipv6", r.stderr
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
