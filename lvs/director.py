@@ -1,37 +1,48 @@
 """The live director: the engine on real interfaces.
 
-The engine answers "send this IPv4 packet towards that address"; this module
-does what the kernel does around IPVS so that the answer reaches the wire:
+The engine answers "send this IPv4 or IPv6 packet towards that address"; this
+module does what the kernel does around IPVS so that the answer reaches the wire:
 
-  in    Ethernet frames from AF_PACKET ports. ARP requests for the VIPs of
-        configured services are answered with the port's MAC (the kernel
-        would answer them because the VIP is one of its addresses; here the
-        host does not own the VIP, so nobody else will). IPv4 frames sent to
-        our MAC that IPVS could care about (to a VIP, from a real server, ICMP)
-        go to the engine. Echo requests to a VIP are answered, and a VIP port
-        no service claims is refused (RST, or ICMP port unreachable for UDP),
-        as the director's own stack does when it holds the VIP.
-  out   route lookup, neighbour resolution (lvs/neigh.py), Ethernet framing.
-  host  the host's own stack sees the same frames. An nftables table of
-        ours drops, before conntrack, what the engine handles: everything
-        addressed to a VIP (the host would otherwise answer, or forward it
-        back to us through our own ARP answer), NAT real servers' replies and
-        their ICMP errors (the host would otherwise forward them unrewritten
-        or drop them noisily). Its sets follow lvsadm's changes.
+  in    Ethernet frames from AF_PACKET ports. ARP requests for the IPv4 VIPs
+        of configured services, and Neighbour Solicitations for the IPv6 ones
+        (lvs/ndp.py), are answered with the port's MAC (the kernel would
+        answer them because the VIP is one of its addresses; here the host
+        does not own the VIP, so nobody else will); the VIPs' solicited-node
+        multicast groups are joined so that the solicitations reach us. IPv4
+        and IPv6 frames sent to our MAC that IPVS could care about (to a VIP,
+        from a real server, ICMP/ICMPv6 errors) go to the engine. Echo
+        requests to a VIP are answered, and a VIP port no service claims is
+        refused (RST, or ICMP/ICMPv6 port unreachable for UDP), as the
+        director's own stack does when it holds the VIP.
+  out   route lookup, neighbour resolution by ARP or NDP (lvs/neigh.py),
+        Ethernet framing.
+  host  the host's own stack sees the same frames. nftables tables of
+        ours (ip and ip6) drop, before conntrack, what the engine handles:
+        everything addressed to a VIP (the host would otherwise answer, or
+        forward it back to us through our own ARP/NA answer, with a
+        redirect), NAT real servers' replies and their ICMP errors (the host
+        would otherwise forward them unrewritten or drop them noisily). Their
+        sets follow lvsadm's changes.
 """
 
 import ipaddress
 import socket
 import struct
 
-from . import arp, hostconf
+from . import arp, hostconf, ipv6, ndp
 from . import fanout as fanout_mod
 from .checksum import checksum, l4_checksum
 from .flags import IP_VS_CONN_F_MASQ, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 from .icmp import build_error, ipv4_header, is_icmp_error
-from .neigh import Neighbours, Routes
+from .icmp6 import ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH, build_error6
+from .icmp_send import ICMPV6_RATELIMIT
+from .neigh import ROUTE_RELOAD, HostNeigh6, Neighbours, Routes, ipv6_addresses
 from .ports import RawPort
 from .ports.raw import ETH_P_ARP, ETH_P_IP
+
+ETH_P_IPV6 = ndp.ETH_P_IPV6
+IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP = 20, 21
+ALL_NODES_MAC = ndp.multicast_mac(ndp.ALL_NODES)
 
 NFT_TABLE = "pylvs"
 BATCH = 64
@@ -47,6 +58,18 @@ _NFT_BODY = """\
         ip daddr @vips drop
         meta l4proto { tcp, udp } meta l4proto . ip saddr . th sport @masq drop
         ip saddr @masq_addrs icmp type { destination-unreachable, source-quench, redirect, time-exceeded, parameter-problem } drop
+    }"""
+
+# The same for IPv6, in a table of its own family (the sets have the same names).
+_NFT6_BODY = """\
+    set vips { type ipv6_addr; }
+    set masq { type inet_proto . ipv6_addr . inet_service; }
+    set masq_addrs { type ipv6_addr; }
+    chain prerouting {
+        type filter hook prerouting priority raw - 10; policy accept;
+        ip6 daddr @vips drop
+        meta l4proto { tcp, udp } meta l4proto . ip6 saddr . th sport @masq drop
+        ip6 saddr @masq_addrs icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } drop
     }"""
 
 
@@ -70,6 +93,36 @@ def tcp_reset(packet, ihl, tot):
     return ipv4_header(packet[1] & 0xFC, 40, 0, 0x4000, IPPROTO_TCP, saddr, daddr) + bytes(tcp)
 
 
+def tcp_reset6(packet, th, end, flowlabel):
+    """tcp_v6_send_reset for a segment at `th` of an IPv6 packet ending at `end`: the same
+    sequence rules as IPv4; hop limit 64, the segment's traffic class less its ECN
+    bits, a flow label of the flow's hash (auto_flowlabels; `flowlabel` is ours)."""
+    sport, dport, seq, ack = struct.unpack_from("!HHII", packet, th)
+    flags = packet[th + 13]
+    if flags & 0x10:
+        rseq, rack, rflags = ack, 0, 0x04
+    else:
+        doff = (packet[th + 12] >> 4) << 2
+        length = end - th - doff + (1 if flags & 0x02 else 0) + (1 if flags & 0x01 else 0)
+        rseq, rack, rflags = 0, (seq + length) & 0xFFFFFFFF, 0x14
+    saddr, daddr = bytes(packet[24:40]), bytes(packet[8:24])
+    tcp = bytearray(struct.pack("!HHIIBBHHH", dport, sport, rseq, rack, 0x50, rflags, 0, 0, 0))
+    struct.pack_into("!H", tcp, 16, l4_checksum(saddr, daddr, IPPROTO_TCP, bytes(tcp)))
+    tclass = (((packet[0] & 0x0F) << 4) | (packet[1] >> 4)) & 0xFC
+    return ipv6.header(tclass << 20 | flowlabel, 20, IPPROTO_TCP, ipv6.HOP_LIMIT, saddr, daddr) + bytes(tcp)
+
+
+def _icmp6_error(packet):
+    """An ICMPv6 error (type below 128), its header found past any extension headers."""
+    if packet[6] == ipv6.NEXTHDR_ICMP:
+        return len(packet) > 40 and packet[40] < 128
+    if packet[6] not in ipv6.EXT_HEADERS:
+        return False
+    h = ipv6.find_hdr(packet)
+    return (h is not None and h.protocol == ipv6.NEXTHDR_ICMP and not h.fragoffs
+            and h.offset < len(packet) and packet[h.offset] < 128)
+
+
 class Director:
     def __init__(self, engine, ifnames, changes, log, ring=True, fanout=False):
         self.engine = engine
@@ -78,7 +131,7 @@ class Director:
                        if fanout else None)
         self.fanout_program = None
         self.worker = False         # a forked worker: no host changes, no ARP answers
-        self.vip_owner = True       # False on a standby director: the VIPs' ARP is another's
+        self.vip_owner = True       # False on a standby director: the VIPs' ARP/NDP is another's
         self.ifnames = list(ifnames)
         self.changes = changes
         self.log = log
@@ -86,23 +139,42 @@ class Director:
         self.ports = []
         self.by_name = {}
         self.addrs = {}            # ifname -> [(addr, prefixlen)]
+        self.addrs6 = {}           # ifname -> [(addr, prefixlen, scope)]
+        self.addrs6_read = {}      # ifname -> when addrs6 was last read (a miss rereads it)
         self.routes = Routes(self.ifnames)
+        self.routes6 = Routes(self.ifnames, family=6)
         self.neigh = Neighbours()
-        self.vips = frozenset()
+        self.neigh6 = Neighbours(host_table=HostNeigh6())
+        self.vips = frozenset()     # both families: 4-byte and 16-byte addresses
+        self.vips6 = frozenset()
         self.dest_addrs = frozenset()
         self.all_to_engine = False  # fwmark services: any packet may be theirs
         self.nft_elements = (set(), set(), set())
+        self.nft6_elements = (set(), set(), set())
+        self.mcast6 = None          # ifname -> AF_INET6 socket holding the VIPs' solicited-node groups
+        self.groups = {}            # ifname -> {group: "ip" | "packet"}, as joined
+        self._logged = set()        # one-time log lines already said
         self.counters = {"arp_replies": 0, "echo_replies": 0, "to_engine": 0, "sent": 0,
-                         "no_route": 0, "not_for_us": 0, "refused": 0}
+                         "no_route": 0, "not_for_us": 0, "refused": 0,
+                         "na_replies": 0, "ns_sent": 0, "ndp_invalid": 0}
 
     # ------------------------------------------------------------ setup
 
     def start(self, now):
         for name in self.ifnames:
             self.addrs[name] = [(a, plen) for a, plen, _ in hostconf.ipv4_addresses(name)]
+            self.addrs6[name] = ipv6_addresses(name)
+            self.addrs6_read[name] = now
+            if not self.addrs[name] and not self.addrs6[name]:
+                raise hostconf.HostError("%s has no IPv4 or IPv6 address: the director needs one "
+                                         "(source of its ARP requests, neighbour solicitations "
+                                         "and tunnels)" % name)
             if not self.addrs[name]:
-                raise hostconf.HostError("%s has no IPv4 address: the director needs one "
-                                         "(source of its ARP requests and tunnels)" % name)
+                self._log_once(("no4", name), "lvs daemon: %s has no IPv4 address: IPv4 has no source "
+                               "there (ARP requests from 0.0.0.0)" % name)
+            if not self.addrs6[name]:
+                self._log_once(("no6", name), "lvs daemon: %s has no IPv6 address: IPv6 has no source "
+                               "there (no neighbour solicitations)" % name)
         for name in self.ifnames:
             self.changes.ethtool_off(name, OFFLOADS,
                                      "AF_PACKET must see frames as they were sent, not merged by "
@@ -110,16 +182,27 @@ class Director:
         self.changes.nft_table("ip", NFT_TABLE, _NFT_BODY,
                                "the host does not own the VIPs: keep its stack from answering, "
                                "resetting or forwarding the packets pylvs handles")
+        self.changes.nft_table("ip6", NFT_TABLE, _NFT6_BODY,
+                               "the same for IPv6: the host must not answer, reset or forward "
+                               "(nor send redirects for) what pylvs handles")
         self._open_ports()
+        self.mcast6 = {}
         for port in self.ports:
             self.log("lvs daemon: %s attached (AF_PACKET, %s, MAC %s%s)"
                      % (port.name, port.ring_mode, port.mac.hex(":"),
                         ", fanout group %d" % self.fanout[port.name] if self.fanout else ""))
-        if self.engine.director_addr is None:
+        first = self.ifnames[0]
+        if self.engine.director_addr is None and self.addrs[first]:
             # The kernel's tunnel source is the route's source address: ours.
-            self.engine.director_addr = self.addrs[self.ifnames[0]][0][0]
+            self.engine.director_addr = self.addrs[first][0][0]
+        if self.engine.director_addr6 is None:
+            for addr, _, scope in self.addrs6[first]:
+                if scope == "global":
+                    self.engine.director_addr6 = addr
+                    break
         self.engine.mtu = min(hostconf.link_info(name).get("mtu", 1500) for name in self.ifnames)
         self.routes.load(now)
+        self.routes6.load(now)
         self.sync()
 
     def _open_ports(self):
@@ -139,6 +222,7 @@ class Director:
         for port in self.ports:
             port.close()             # the daemon's sockets: only our copies of them
         self.ports, self.by_name = [], {}
+        self._close_groups()
         self.changes = None
         self.worker = True
         self._open_ports()
@@ -147,11 +231,17 @@ class Director:
         for port in self.ports:
             port.close()
         self.ports = []
+        self._close_groups()
+
+    def _log_once(self, key, text):
+        if key not in self._logged:
+            self._logged.add(key)
+            self.log(text)
 
     # ------------------------------------------------------------ following lvsadm
 
     def sync(self):
-        """Follow the engine's services: VIPs answered by ARP, the nft sets."""
+        """Follow the engine's services: VIPs answered by ARP and NDP, the nft sets."""
         engine = self.engine
         vips, masq = set(), set()
         dests = set()
@@ -170,35 +260,138 @@ class Director:
             if dest.fwd == IP_VS_CONN_F_MASQ:
                 masq.add((dest.svc.protocol if not dest.svc.fwmark else 0, dest.addr, dest.port))
         self.vips = frozenset(vips)
+        self.vips6 = frozenset(a for a in vips if len(a) == 16)
         self.dest_addrs = frozenset(dests)
         self.all_to_engine = fwmark
-        masq_elems = set()
-        for proto, addr, port in masq:
-            for p in ((proto,) if proto else (6, 17)):
-                masq_elems.add("%s . %s . %d" % ({6: "tcp", 17: "udp"}[p], socket.inet_ntoa(addr), port))
-        want = ({socket.inet_ntoa(a) for a in vips}, masq_elems,
-                {socket.inet_ntoa(a) for _, a, _ in masq})
         script = []
-        for name, have, new in zip(("vips", "masq", "masq_addrs"), self.nft_elements, want):
-            gone, added = have - new, new - have
-            if gone:
-                script.append("delete element ip %s %s { %s }" % (NFT_TABLE, name, ", ".join(sorted(gone))))
-            if added:
-                script.append("add element ip %s %s { %s }" % (NFT_TABLE, name, ", ".join(sorted(added))))
+        want4 = self._nft_want([(p, a, port) for p, a, port in masq if len(a) == 4],
+                               [a for a in vips if len(a) == 4], socket.AF_INET)
+        want6 = self._nft_want([(p, a, port) for p, a, port in masq if len(a) == 16],
+                               self.vips6, socket.AF_INET6)
+        self._nft_script(script, "ip", self.nft_elements, want4)
+        self._nft_script(script, "ip6", self.nft6_elements, want6)
         if self.worker:
             return  # the daemon keeps the host in step
         if script:
             hostconf.run(["nft", "-f", "-"], input="\n".join(script) + "\n")
             self.log("lvs daemon: nft: " + "; ".join(script))
-        self.nft_elements = want
+        self.nft_elements, self.nft6_elements = want4, want6
+        self._follow_groups()
+        self._check_vips6()
         if self.fanout is not None:
-            self._program_groups({a for _, a, _ in masq})
+            self._program_groups({a for _, a, _ in masq if len(a) == 4})
+
+    @staticmethod
+    def _nft_want(masq, vips, family):
+        ntop = lambda a: socket.inet_ntop(family, a)
+        masq_elems = set()
+        for proto, addr, port in masq:
+            for p in ((proto,) if proto else (6, 17)):
+                masq_elems.add("%s . %s . %d" % ({6: "tcp", 17: "udp"}[p], ntop(addr), port))
+        return ({ntop(a) for a in vips}, masq_elems, {ntop(a) for _, a, _ in masq})
+
+    @staticmethod
+    def _nft_script(script, family, have_sets, want):
+        for name, have, new in zip(("vips", "masq", "masq_addrs"), have_sets, want):
+            gone, added = have - new, new - have
+            if gone:
+                script.append("delete element %s %s %s { %s }" % (family, NFT_TABLE, name, ", ".join(sorted(gone))))
+            if added:
+                script.append("add element %s %s %s { %s }" % (family, NFT_TABLE, name, ", ".join(sorted(added))))
+
+    def _check_vips6(self):
+        """The host must not answer solicitations for the VIPs itself. ndisc_recv_ns answers
+        for the interface's own addresses, its anycast ones (the subnet-router anycast
+        address of each prefix, once forwarding is on) and, with proxy_ndp, its proxy
+        entries; none of them is a VIP unless someone made it one. Said once per VIP and
+        cause; nothing is changed."""
+        if not self.vips6:
+            return
+        proxy = None
+        for name in self.ifnames:
+            try:
+                forwarding = hostconf.read_sysctl("net.ipv6.conf.%s.forwarding" % name) == "1"
+            except OSError:
+                forwarding = False
+            for vip in self.vips6:
+                text = socket.inet_ntop(socket.AF_INET6, vip)
+                for addr, plen, _ in self.addrs6.get(name, ()):
+                    if addr == vip:
+                        why = "is an address of %s" % name
+                    elif forwarding and plen < 127 and \
+                            ipaddress.IPv6Network((addr, plen), strict=False).network_address.packed == vip:
+                        why = "is the subnet-router anycast address of %s's prefix" % name
+                    else:
+                        continue
+                    self._log_once(("own6", vip, name), "lvs daemon: VIP %s %s: the host answers its "
+                                   "neighbour solicitations too" % (text, why))
+            try:
+                on = any(hostconf.read_sysctl("net.ipv6.conf.%s.proxy_ndp" % n) == "1" for n in ("all", name))
+            except OSError:
+                on = False
+            if on:
+                if proxy is None:
+                    try:
+                        proxy = {e.get("dst") for e in hostconf.ip_json("-6", "neigh", "show", "proxy")}
+                    except hostconf.HostError:
+                        proxy = set()
+                for vip in self.vips6:
+                    text = socket.inet_ntop(socket.AF_INET6, vip)
+                    if text in proxy:
+                        self._log_once(("proxy6", vip), "lvs daemon: VIP %s has a proxy neighbour entry "
+                                       "(proxy_ndp): the host answers its solicitations too" % text)
+
+    def _follow_groups(self):
+        """Join the solicited-node multicast group of every IPv6 VIP on each interface, so that
+        solicitations reach us through the NIC's filter (and MLD snooping switches: the host's
+        stack reports the groups). A socket of ours holds them (IPV6_JOIN_GROUP); where the
+        interface has no IPv6 the AF_PACKET socket's membership stands in. Both end with the
+        sockets: nothing to undo."""
+        if self.mcast6 is None:
+            return  # not started (tests): no sockets
+        want = {ndp.solicited_node(v) for v in self.vips6}
+        for name in self.ifnames:
+            have = self.groups.setdefault(name, {})
+            port = self.by_name.get(name)
+            for group in sorted(set(have) - want):
+                self._group(name, port, group, have.pop(group), join=False)
+            for group in sorted(want - set(have)):
+                how = self._group(name, port, group, None, join=True)
+                if how:
+                    have[group] = how
+
+    def _group(self, name, port, group, how, join):
+        if how != "packet":
+            try:
+                sock = self.mcast6.get(name)
+                if sock is None:
+                    sock = self.mcast6[name] = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+                mreq = group + struct.pack("@I", port.ifindex)
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_JOIN_GROUP if join else IPV6_LEAVE_GROUP, mreq)
+                return "ip"
+            except (OSError, AttributeError):
+                if not join:
+                    return None
+        try:
+            port.membership(ndp.multicast_mac(group), join)
+            return "packet"
+        except (OSError, AttributeError) as e:
+            self._log_once(("group", name), "lvs daemon: %s: cannot join the VIPs' solicited-node "
+                           "groups (%s): solicitations may not reach us" % (name, e))
+            return None
+
+    def _close_groups(self):
+        for sock in (self.mcast6 or {}).values():
+            sock.close()
+        if self.mcast6 is not None:
+            self.mcast6 = {}
+        self.groups = {}
 
     def _program_groups(self, nat_addrs):
         """The fanout groups' program follows the NAT real servers and persistence masks."""
         mask = 0xFFFFFFFF
         for svc in self.engine.services.values():
-            if svc.persistent:
+            if svc.persistent and len(svc.addr) == 4:
                 mask &= svc.netmask
         if len(nat_addrs) > fanout_mod.MAX_NAT_ADDRS:
             self.log("lvs daemon: more than %d NAT real server addresses: replies from the rest "
@@ -210,19 +403,28 @@ class Director:
             self.fanout_program = prog
 
     def own_vips(self, own):
-        """Answer ARP for the VIPs (a takeover: announced at once by gratuitous
-        ARP, so that hosts on the segment send to us now) or leave them to another."""
+        """Answer ARP and NDP for the VIPs (a takeover: announced at once by gratuitous
+        ARP and unsolicited NA, so that hosts on the segment send to us now) or leave
+        them to another."""
         self.vip_owner = own
         if not own or self.worker:
             return 0
-        sent = 0
+        garp = una = 0
         for port in self.by_name.values():   # with fanout, not the interfaces' ARP ports too
             for vip in sorted(self.vips):
-                port.send(arp.request(port.mac, vip, vip))
-                sent += 1
-        self.counters["gratuitous_arp"] = self.counters.get("gratuitous_arp", 0) + sent
-        self.log("lvs daemon: the VIPs are ours (%d gratuitous ARP sent)" % sent)
-        return sent
+                if len(vip) == 4:
+                    port.send(arp.request(port.mac, vip, vip))
+                    garp += 1
+                else:
+                    # ndisc_send_unsol_na: to all nodes, Override, the target's address.
+                    na = ndp.advertisement(port.mac, vip, ndp.ALL_NODES, vip, router=True,
+                                           solicited=False, override=True)
+                    port.send(ndp.frame(ALL_NODES_MAC, port.mac, na))
+                    una += 1
+        self.counters["gratuitous_arp"] = self.counters.get("gratuitous_arp", 0) + garp
+        self.counters["unsolicited_na"] = self.counters.get("unsolicited_na", 0) + una
+        self.log("lvs daemon: the VIPs are ours (%d gratuitous ARP, %d unsolicited NA sent)" % (garp, una))
+        return garp + una
 
     # ------------------------------------------------------------ packets in
 
@@ -240,8 +442,11 @@ class Director:
             if ethertype == arp.ETH_P_ARP:
                 self._arp(port, frame, now)
                 continue
+            if ethertype == ETH_P_IPV6:
+                self._receive6(port, frame, batch, now)
+                continue
             if ethertype != arp.ETH_P_IP or frame[0:6] != mine:
-                continue  # ip_vs_in: only PACKET_HOST frames; IPv6 is not ours yet
+                continue  # ip_vs_in: only PACKET_HOST frames
             packet = frame[14:]
             to_vip = packet[16:20] in self.vips
             if not (to_vip or self.all_to_engine or packet[12:16] in self.dest_addrs
@@ -258,8 +463,31 @@ class Director:
         self.send(engine.receive_batch(batch, now, unclaimed), now)
         vips = self.vips
         for packet in unclaimed:
-            if packet[16:20] in vips:
+            if packet[0] >> 4 == 6:
+                if packet[24:40] in vips:
+                    self._refuse6(packet, now)
+            elif packet[16:20] in vips:
                 self._refuse(packet, now)
+
+    def _receive6(self, port, frame, batch, now):
+        """An IPv6 frame: Neighbour Discovery is ours whatever its MAC (unicast to us, the
+        VIPs' solicited-node groups, all nodes); the rest only when sent to our MAC."""
+        packet = frame[14:]
+        if len(packet) < 40 or packet[0] >> 4 != 6:
+            return
+        if ndp.is_ndp(packet):
+            self._ndp(port, frame, packet, now)
+            return
+        if frame[0:6] != port.mac:
+            return  # multicast: not IPVS's (ip_vs_in takes PACKET_HOST frames only)
+        to_vip = packet[24:40] in self.vips6
+        if not (to_vip or self.all_to_engine or packet[8:24] in self.dest_addrs or _icmp6_error(packet)):
+            self.counters["not_for_us"] += 1
+            return  # the host's own traffic
+        if to_vip and packet[6] == ipv6.NEXTHDR_ICMP and len(packet) > 40 \
+                and packet[40] == ndp.ICMPV6_ECHO_REQUEST and self._echo6(packet, now):
+            return
+        batch.append(packet)
 
     def _arp(self, port, frame, now):
         parsed = arp.parse(frame)
@@ -274,6 +502,73 @@ class Director:
         if for_us and not self.worker:
             port.send(arp.reply(port.mac, tpa, sha, spa))
             self.counters["arp_replies"] += 1
+
+    def _ndp(self, port, frame, packet, now):
+        msg, why = ndp.parse(packet)
+        if msg is None:
+            self.counters["ndp_invalid"] += 1
+            self.counters[why] = self.counters.get(why, 0) + 1
+            return
+        if msg.type == ndp.NDISC_NEIGHBOUR_SOLICITATION:
+            self._ns(port, frame, msg, now)
+        else:
+            self._na(port, frame, msg, now)
+
+    def _ns(self, port, frame, msg, now):
+        """ndisc_recv_ns, for the VIPs as if they were ours: the sender learnt (a new entry
+        only when the solicitation is for a VIP we answer; for the rest, only entries we
+        have or are waiting for), then a solicited NA from the VIP. For a multicast
+        solicitation with Override and our link-layer address; for a unicast one (a
+        reachability probe) neither; to a multicast one without the sender's address
+        only if we know it already, as the kernel answers only with a neighbour entry."""
+        target = msg.target
+        if msg.src == ndp.UNSPECIFIED:
+            # Duplicate address detection. The kernel, holding the VIP, would defend it; the
+            # host does not hold it, so we stay out of the way and say so.
+            if target in self.vips6:
+                self._log_once(("dad", target, bytes(frame[6:12])),
+                               "lvs daemon: %s (MAC %s) probes for VIP %s (duplicate address "
+                               "detection): another host is claiming it; not answered"
+                               % (port.name, bytes(frame[6:12]).hex(":"),
+                                  socket.inet_ntop(socket.AF_INET6, target)))
+            return
+        ours = target in self.vips6 and self.vip_owner
+        inc = ndp.is_multicast(msg.dst)
+        if msg.lladdr is not None:
+            for body in self.neigh6.learn(msg.src, msg.lladdr, port.name, now, create=ours):
+                self._emit(port, msg.lladdr, body)
+        if not ours or self.worker:
+            return
+        if inc and msg.lladdr is None and msg.src not in self.neigh6.entries:
+            return  # __neigh_lookup(create=false) found nothing: no answer
+        na = ndp.advertisement(port.mac, target, msg.src, target, router=True, solicited=True,
+                               override=inc, tlla=inc)
+        self._to_neighbour(port, self.neigh6, msg.src, b"\x86\xdd" + na, now)
+        self.counters["na_replies"] += 1
+
+    def _na(self, port, frame, msg, now):
+        """ndisc_recv_na: an advertisement updates the entry of its target if we have one or
+        wait for one (accept_untracked_na=0); without Override a known address stays; an
+        advertisement without the target's address can only confirm."""
+        target, lladdr = msg.target, msg.lladdr
+        if target in self.vips6 and lladdr is not None and lladdr != port.mac:
+            self._log_once(("na", target, lladdr),
+                           "lvs daemon: %s: %s advertises VIP %s as its own"
+                           % (port.name, lladdr.hex(":"), socket.inet_ntop(socket.AF_INET6, target)))
+        neigh = self.neigh6
+        entry = neigh.entries.get(target)
+        solicited = msg.flags & ndp.NA_SOLICITED
+        if lladdr is None:
+            if entry is None or not solicited:
+                return
+            lladdr = entry[0]
+        elif entry is not None and target not in neigh.pending:
+            if entry[0] != lladdr and not msg.flags & ndp.NA_OVERRIDE:
+                return      # ndisc_update without NEIGH_UPDATE_F_OVERRIDE: the known address stays
+            if not solicited and entry[0] == lladdr:
+                return      # unsolicited, nothing new: no confirmation either
+        for body in neigh.learn(target, lladdr, port.name, now):
+            self._emit(port, lladdr, body)
 
     def _echo(self, packet, now):
         """An echo request to a VIP: answered from the VIP, as the director's stack would
@@ -293,6 +588,31 @@ class Director:
         header = ipv4_header(packet[1], 20 + len(icmp), self.engine.ip_ident(vip, client, IPPROTO_ICMP),
                              0, IPPROTO_ICMP, vip, client)
         self._output(packet[12:16], header + bytes(icmp), now)
+        self.counters["echo_replies"] += 1
+        return True
+
+    def _echo6(self, packet, now):
+        """An ICMPv6 echo request to a VIP (no extension headers, not a fragment): answered
+        from the VIP as icmpv6_echo_reply does: the same identifier, sequence, code and
+        data, the request's traffic class, hop limit 64, a flow label of the flow's hash
+        (auto_flowlabels; ours is keyed by the engine's seed). Not rate limited
+        (echo replies are outside icmpv6_ratemask)."""
+        end = 40 + ((packet[4] << 8) | packet[5])
+        if end > len(packet) or end < 48:
+            return False
+        vip, client = bytes(packet[24:40]), bytes(packet[8:24])
+        if not ipv6.is_unicast(client):
+            return False
+        icmp = bytearray(packet[40:end])
+        if l4_checksum(client, vip, ipv6.NEXTHDR_ICMP, bytes(icmp)):
+            return False
+        icmp[0] = ndp.ICMPV6_ECHO_REPLY
+        icmp[2:4] = b"\0\0"
+        struct.pack_into("!H", icmp, 2, l4_checksum(vip, client, ipv6.NEXTHDR_ICMP, bytes(icmp)))
+        tclass = ((packet[0] & 0x0F) << 4) | (packet[1] >> 4)
+        label = self.engine.flow_hash(vip + client + bytes((ipv6.NEXTHDR_ICMP, ndp.ICMPV6_ECHO_REPLY))) & 0xFFFFF
+        reply = ipv6.header(tclass << 20 | label, len(icmp), ipv6.NEXTHDR_ICMP, ipv6.HOP_LIMIT, vip, client)
+        self._output(client, reply + bytes(icmp), now)
         self.counters["echo_replies"] += 1
         return True
 
@@ -316,6 +636,36 @@ class Director:
             self._output(packet[12:16], reply, now)
             self.counters["refused"] += 1
 
+    def _refuse6(self, packet, now):
+        """The same for IPv6: tcp_v6_send_reset, or icmp6_send's port unreachable from the
+        VIP (rate limited as the engine limits its ICMPv6 errors)."""
+        end = 40 + ((packet[4] << 8) | packet[5])
+        if end > len(packet) or end == 40:
+            return
+        buf = bytes(packet[:end])
+        h = ipv6.find_hdr(buf)
+        if h is None or h.frag_at is not None:
+            return  # fragments: the reassembled datagram was the one refused
+        vip, client = buf[24:40], buf[8:24]
+        if not ipv6.is_unicast(client):
+            return
+        engine = self.engine
+        if h.protocol == IPPROTO_UDP:
+            label = engine.flow_hash(vip + client + bytes((ipv6.NEXTHDR_ICMP, ICMPV6_DEST_UNREACH,
+                                                           ICMPV6_PORT_UNREACH))) & 0xFFFFF
+            reply = build_error6(buf, ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH, 0, vip, label)
+            if reply is not None and not engine._icmp_allow(client, 3, 3, ICMPV6_RATELIMIT):
+                engine.icmp_ratelimited += 1
+                return
+        elif h.protocol == IPPROTO_TCP and end - h.offset >= 20 and not buf[h.offset + 13] & 0x04:
+            label = engine.flow_hash(vip + client + buf[h.offset:h.offset + 4] + b"\x06") & 0xFFFFF
+            reply = tcp_reset6(buf, h.offset, end, label)
+        else:
+            return
+        if reply is not None:
+            self._output(client, reply, now)
+            self.counters["refused"] += 1
+
     # ------------------------------------------------------------ packets out
 
     def send(self, transmits, now):
@@ -323,16 +673,23 @@ class Director:
             self._output(tx.nexthop, tx.packet, now)
 
     def _output(self, nexthop, packet, now):
-        route = self.routes.lookup(bytes(nexthop), now)
+        nexthop = bytes(nexthop)
+        if len(nexthop) == 16:
+            routes, neigh = self.routes6, self.neigh6
+        else:
+            routes, neigh = self.routes, self.neigh
+        route = routes.lookup(nexthop, now)
         if route is None:
             self.counters["no_route"] += 1
             return
         ifname, onlink = route
-        port = self.by_name[ifname]
-        body = b"\x08\x00" + bytes(packet)
-        mac = self.neigh.lookup(onlink, ifname, now)
+        body = (b"\x86\xdd" if packet[0] >> 4 == 6 else b"\x08\x00") + bytes(packet)
+        self._to_neighbour(self.by_name[ifname], neigh, onlink, body, now)
+
+    def _to_neighbour(self, port, neigh, onlink, body, now):
+        mac = neigh.lookup(onlink, port.name, now)
         if mac is None:
-            self.neigh.queue(onlink, ifname, body, now)
+            neigh.queue(onlink, port.name, body, now)
             self.timers(now)
             return
         self._emit(port, mac, body)
@@ -343,12 +700,31 @@ class Director:
 
     def _source_for(self, ifname, target):
         """The address our ARP request names as sender: one on the target's subnet if we have it."""
-        addrs = self.addrs[ifname]
+        addrs = self.addrs.get(ifname)
+        if not addrs:
+            return b"\0\0\0\0"   # no IPv4 address here (said at start): arp_solicit's 0.0.0.0
         t = ipaddress.IPv4Address(target)
         for addr, plen in addrs:
             if t in ipaddress.IPv4Network((addr, plen), strict=False):
                 return addr
         return addrs[0][0]
+
+    def _source6_for(self, ifname, now):
+        """The source of our solicitations (ndisc_send_ns without a source: the link-local
+        address), else a global one; the interface's addresses are reread (at most once
+        a second) while it has none, e.g. until DAD is done."""
+        addrs = self.addrs6.get(ifname) or ()
+        if not addrs and now - self.addrs6_read.get(ifname, now - ROUTE_RELOAD) >= ROUTE_RELOAD:
+            self.addrs6_read[ifname] = now
+            addrs = self.addrs6[ifname] = ipv6_addresses(ifname)
+        for addr, _, _ in addrs:
+            if ndp.is_link_local(addr):
+                return addr
+        if addrs:
+            return addrs[0][0]
+        self._log_once(("no6src", ifname), "lvs daemon: %s has no IPv6 address: no neighbour "
+                       "solicitations can be sent there" % ifname)
+        return None
 
     # ------------------------------------------------------------ timers
 
@@ -356,13 +732,28 @@ class Director:
         for addr, ifname in self.neigh.due(now):
             port = self.by_name[ifname]
             port.send(arp.request(port.mac, self._source_for(ifname, addr), addr))
+        for addr, ifname in self.neigh6.due(now):
+            port = self.by_name[ifname]
+            src = self._source6_for(ifname, now)
+            if src is None:
+                continue
+            known = self.neigh6.entries.get(addr)
+            if known is not None:
+                # Re-confirming a known entry (PROBE): a unicast solicitation to it.
+                packet = ndp.solicitation(port.mac, src, addr, daddr=addr)
+                port.send(ndp.frame(known[0], port.mac, packet))
+            else:
+                group = ndp.solicited_node(addr)
+                port.send(ndp.frame(ndp.multicast_mac(group), port.mac, ndp.solicitation(port.mac, src, addr)))
+            self.counters["ns_sent"] += 1
 
     def next_deadline(self):
-        return self.neigh.next_deadline()
+        deadlines = [d for d in (self.neigh.next_deadline(), self.neigh6.next_deadline()) if d is not None]
+        return min(deadlines) if deadlines else None
 
     def stats(self):
         out = dict(self.counters)
-        out["neigh_failed"] = self.neigh.failed
+        out["neigh_failed"] = self.neigh.failed + self.neigh6.failed
         out["vip_owner"] = int(self.vip_owner)
         for port in self.ports:
             name = port.name + ("_arp" if port.protocol == ETH_P_ARP else "")

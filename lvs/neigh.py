@@ -1,11 +1,15 @@
 """Where a packet goes next on the wire: routes and the neighbour table.
 
-The engine names a next hop by IPv4 address; the live director must turn it
-into an interface and a MAC address, as the kernel's output path does:
+The engine names a next hop by address (4 bytes for IPv4, 16 for IPv6); the
+live director must turn it into an interface and a MAC address, as the
+kernel's output path does:
   route    longest-prefix match over the host's main table (read with
-           `ip -j route`), giving the interface and the gateway, if any;
+           `ip -j -4 route` / `ip -6 -j route`, one Routes per family),
+           giving the interface and the gateway, if any;
   neigh    the MAC of the on-link address, from our cache, else from the
-           host's neighbour table (/proc/net/arp), else resolved by ARP:
+           host's neighbour table (/proc/net/arp for IPv4; for IPv6, which
+           /proc does not show, `ip -j -6 neigh show`, reread at most once a
+           second), else resolved by ARP or Neighbour Solicitation:
            packets wait in a bounded queue (unres_qlen_bytes) while up to
            mcast_solicit requests go out a second apart, then are dropped.
 Entries are trusted for REACHABLE_TIME, then re-confirmed by a new request
@@ -14,6 +18,7 @@ while the old MAC stays in use (the kernel's STALE -> PROBE).
 
 import ipaddress
 import socket
+import time
 
 from . import hostconf
 
@@ -25,11 +30,11 @@ ROUTE_RELOAD = 1.0           # reread routes at most this often on a miss
 
 
 class Routes:
-    """The host's IPv4 main routing table, for the interfaces we drive."""
+    """The host's main routing table of one family (4 or 6), for the interfaces we drive."""
 
-    def __init__(self, ifnames, loader=None):
+    def __init__(self, ifnames, loader=None, family=4):
         self.ifnames = set(ifnames)
-        self.loader = loader or _load_routes
+        self.loader = loader or (_load_routes6 if family == 6 else _load_routes)
         self.table = []
         self.cache = {}
         self.loaded_at = None
@@ -41,11 +46,11 @@ class Routes:
         self.loaded_at = now
 
     def lookup(self, addr, now):
-        """(ifname, on-link address) for a destination (4 bytes), or None."""
+        """(ifname, on-link address) for a destination (4 bytes, or 16 in an IPv6 table), or None."""
         hit = self.cache.get(addr)
         if hit is not None:
             return hit
-        ip = ipaddress.IPv4Address(addr)
+        ip = ipaddress.ip_address(addr)
         for net, gateway, dev in self.table:
             if ip in net:
                 hit = (dev, gateway or addr)
@@ -74,6 +79,83 @@ def _load_routes():
         gw = r.get("gateway")
         routes.append((net, socket.inet_aton(gw) if gw else None, r.get("dev")))
     return routes
+
+
+def _load_routes6():
+    """The IPv6 main table: unicast routes with a device (no multipath), gateways as 16 bytes."""
+    routes = []
+    try:
+        entries = hostconf.ip_json("-6", "route", "show", "table", "main")
+    except hostconf.HostError:
+        return routes
+    for r in entries:
+        if r.get("type", "unicast") != "unicast" or not r.get("dev"):
+            continue
+        dst = r.get("dst", "")
+        try:
+            net = ipaddress.IPv6Network("::/0" if dst == "default" else dst, strict=False)
+            gw = r.get("gateway")
+            gw = socket.inet_pton(socket.AF_INET6, gw) if gw else None
+        except (ValueError, OSError):
+            continue
+        routes.append((net, gw, r.get("dev")))
+    return routes
+
+
+def ipv6_addresses(ifname):
+    """[(address bytes, prefix length, scope)] of an interface's IPv6 addresses that are
+    usable (not tentative, not failed DAD), in the order `ip -6 addr` gives them."""
+    found = []
+    try:
+        links = hostconf.ip_json("-6", "addr", "show", "dev", ifname)
+    except hostconf.HostError:
+        return found
+    for link in links:
+        for a in link.get("addr_info", ()):
+            if a.get("family") != "inet6" or a.get("tentative") or a.get("dadfailed"):
+                continue
+            try:
+                found.append((socket.inet_pton(socket.AF_INET6, a["local"]), a.get("prefixlen", 128),
+                              a.get("scope", "global")))
+            except (KeyError, OSError):
+                continue
+    return found
+
+
+_NUD_USABLE = ("REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT", "NOARP")
+
+
+def _host_neigh6_now():
+    table = {}
+    try:
+        entries = hostconf.ip_json("-6", "neigh", "show")
+    except hostconf.HostError:
+        return table
+    for e in entries:
+        mac, dev, state = e.get("lladdr"), e.get("dev"), e.get("state") or ()
+        if not mac or not dev or not any(s in _NUD_USABLE for s in state):
+            continue
+        try:
+            table[socket.inet_pton(socket.AF_INET6, e["dst"])] = (bytes.fromhex(mac.replace(":", "")), dev)
+        except (KeyError, ValueError, OSError):
+            continue
+    return table
+
+
+class HostNeigh6:
+    """{IPv6 bytes: (MAC bytes, ifname)} of the host's usable IPv6 neighbour entries
+    (`ip -j -6 neigh show`: /proc has no IPv6 table), reread at most every `max_age` s:
+    a miss costs a process, not one per packet."""
+
+    def __init__(self, max_age=ROUTE_RELOAD, reader=_host_neigh6_now, clock=time.monotonic):
+        self.max_age, self.reader, self.clock = max_age, reader, clock
+        self.table, self.read_at = {}, None
+
+    def __call__(self):
+        now = self.clock()
+        if self.read_at is None or now - self.read_at >= self.max_age:
+            self.table, self.read_at = self.reader(), now
+        return self.table
 
 
 def host_arp_table():

@@ -35,6 +35,9 @@ ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
 SIOCGIFINDEX = 0x8933
 PACKET_OTHERHOST = 3
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_DROP_MEMBERSHIP = 2
+PACKET_MR_MULTICAST = 0
 PACKET_OUTGOING = 4
 
 # struct tpacket2_hdr: status, len, snaplen, mac, net, sec, nsec, vlan_tci, vlan_tpid
@@ -164,6 +167,12 @@ class RawPort:
             return False
         self.counters["tx"] += 1
         return True
+
+    def membership(self, mac, join=True):
+        """Receive (or stop receiving) frames to multicast `mac` through the NIC's filter
+        (PACKET_ADD_MEMBERSHIP: held by this socket, gone with it)."""
+        mreq = struct.pack("=iHH8s", self.ifindex, PACKET_MR_MULTICAST, len(mac), bytes(mac))
+        self.sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP if join else PACKET_DROP_MEMBERSHIP, mreq)
 
     def ring_drops(self):
         """Frames the kernel dropped because the ring was full (PACKET_STATISTICS, reset on read)."""
