@@ -15,6 +15,7 @@ from scapy.layers.l2 import Ether
 
 from lvs import adm, ndp
 from lvs import director as director_mod
+from lvs import director6
 from lvs.director import Director
 from lvs.engine import Engine
 from lvs.neigh import MCAST_SOLICIT, RETRANS_TIME, HostNeigh6, Neighbours, Routes
@@ -362,7 +363,7 @@ def test_a_vip_port_no_service_claims_is_refused_as_a_closed_local_port(rig):
     assert checksum_ok(rst)
     # To a segment with ACK (the engine takes only SYNs as unclaimed, as for IPv4): its ack is our seq.
     ack = bytes(IPv6(src=CLIENT, dst=VIP, tc=0x2B) / TCP(sport=40002, dport=81, flags="A", seq=5, ack=777))
-    rst = IPv6(director_mod.tcp_reset6(ack, 40, len(ack), 0x12345))
+    rst = IPv6(director6.tcp_reset6(ack, 40, len(ack), 0x12345))
     assert rst[TCP].flags == "R" and rst[TCP].seq == 777 and rst[TCP].ack == 0
     assert rst.tc == 0x28 and rst.fl == 0x12345     # the traffic class less its ECN bits
     udp = lambda sport: to_us(IPv6(src=CLIENT, dst=VIP) / UDP(sport=sport, dport=54) / b"q")
