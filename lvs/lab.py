@@ -34,6 +34,22 @@ namespace deleted with a process inside lives on, unnamed.
 
 `lvs lab` then does what the tutorial does, on this topology, through
 pylvs's own commands run with the same interpreter (sys.executable -m lvs).
+
+`lvs lab --ipv6` (Topology(ipv6=True)) is the same segment over IPv6 only,
+each host keeping its last number: client 2001:db8::1, VIP 2001:db8::2,
+director 2001:db8::3, rs1 2001:db8::10..., all on 2001:db8::/64. IPv6 is
+on in the hosts' namespaces with duplicate address detection and router
+discovery off (accept_dad, dad_transmits, accept_ra, router_solicitations
+0), so addresses are usable at once; each interface keeps its link-local
+address, which Neighbour Discovery is sent from. The switch namespace has
+IPv6 off and its bridge no multicast snooping (the solicited-node groups
+are flooded, the director's included, which it joins on its packet socket
+and never reports). A separate run, not dual stack in one: its output is
+the IPv4 lab's line for line with IPv6 addresses, which compares better
+than both families interleaved, and the IPv4 lab stays as it was. The
+tunnel server gets IPv6 in IPv6 (next header 41), decapsulated by `lvs
+realserver` in userspace where the kernel has no ip6_tunnel. --ha is IPv4
+only (keepalived's VRRP and the NAT gateway).
 """
 
 import collections
@@ -58,6 +74,13 @@ PREFIXLEN = 24
 CLIENT_IP = "198.51.100.1"
 VIP = "198.51.100.2"
 DIRECTOR_IP = "198.51.100.3"
+# `lvs lab --ipv6`: the same hosts with the same last digits, on 2001:db8::/64.
+ALLOWED_NETS6 = (ipaddress.ip_network("2001:db8::/32"),)
+PREFIX6 = "2001:db8::"
+PREFIXLEN6 = 64
+CLIENT_IP6 = PREFIX6 + "1"
+VIP6 = PREFIX6 + "2"
+DIRECTOR_IP6 = PREFIX6 + "3"
 DIRECTOR2_IP = "198.51.100.4"   # the second director of a failover pair (directors=2)
 DIRECTOR_ROLES = ("director", "director2")
 GATEWAY_IP = "198.51.100.254"   # a pair's NAT gateway: keepalived moves it with the master
@@ -358,12 +381,19 @@ class Topology:
         self.ipv6 = ipv6
         self.log = log or (lambda text: None)
         self.prefix = "%s%s-" % (PREFIX, tag)
-        self.vip = VIP
         self.servers = ["rs%d" % i for i in range(1, servers + 1)]
-        hosts = [("client", CLIENT_IP), ("director", DIRECTOR_IP)]
-        if directors == 2:
-            hosts.append(("director2", DIRECTOR2_IP))
-        hosts += [(rs, "198.51.100.%d" % (FIRST_SERVER + i)) for i, rs in enumerate(self.servers)]
+        if ipv6:
+            if directors != 1:
+                raise ValueError("the IPv6 lab has one director")
+            self.vip, self.prefixlen = VIP6, PREFIXLEN6
+            hosts = [("client", CLIENT_IP6), ("director", DIRECTOR_IP6)]
+            hosts += [(rs, "%s%d" % (PREFIX6, FIRST_SERVER + i)) for i, rs in enumerate(self.servers)]
+        else:
+            self.vip, self.prefixlen = VIP, PREFIXLEN
+            hosts = [("client", CLIENT_IP), ("director", DIRECTOR_IP)]
+            if directors == 2:
+                hosts.append(("director2", DIRECTOR2_IP))
+            hosts += [(rs, "198.51.100.%d" % (FIRST_SERVER + i)) for i, rs in enumerate(self.servers)]
         self.hosts = collections.OrderedDict(
             (role, Host(role, self.prefix + role, ip, IFACE, "sw-" + role)) for role, ip in hosts)
         self.switch = Host("switch", self.prefix + "switch", None, BRIDGE, None)
@@ -385,6 +415,14 @@ class Topology:
 
     def namespaces(self):
         return [h.netns for h in self.hosts.values()] + [self.switch.netns]
+
+    def hostport(self, ip, port):
+        """ip:port as lvsadm and URLs write it: [ip]:port for IPv6."""
+        return ("[%s]:%d" if ":" in ip else "%s:%d") % (ip, port)
+
+    def url(self, ip):
+        """http://ip/, the IPv6 address in brackets."""
+        return "http://%s/" % ("[%s]" % ip if ":" in ip else ip)
 
     def mac(self, role):
         r = self.run(role, ["ip", "-j", "link", "show", IFACE], check=True)
@@ -426,7 +464,8 @@ class Topology:
             _ip("netns", "add", netns)
             self._sysctls(netns)
             _ip("-n", netns, "link", "set", "lo", "up")
-        _ip("-n", sw, "link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0")
+        _ip("-n", sw, "link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0",
+            *(("mcast_snooping", "0") if self.ipv6 else ()))   # solicited-node groups: flooded
         _ip("-n", sw, "link", "set", BRIDGE, "up")
         for host in self.hosts.values():
             # Both ends are made in the switch namespace and the host's end moved at once: the
@@ -438,13 +477,20 @@ class Topology:
             self._offloads_off(sw, host.port)
             self._offloads_off(host.netns, host.iface)
             _ip("-n", sw, "link", "set", host.port, "up")
-            _ip("-n", host.netns, "addr", "add", "%s/%d" % (host.ip, PREFIXLEN), "dev", host.iface)
+            _ip("-n", host.netns, "addr", "add", "%s/%d" % (host.ip, self.prefixlen), "dev", host.iface)
             _ip("-n", host.netns, "link", "set", host.iface, "up")
 
     def _sysctls(self, netns):
-        if not self.ipv6:
+        if not self.ipv6 or netns == self.switch.netns:   # the switch has no address of any family
             for name in ("all", "default"):
                 self.run_netns(netns, ["sysctl", "-q", "-w", "net.ipv6.conf.%s.disable_ipv6=1" % name])
+            return
+        # IPv6: addresses usable at once (no duplicate address detection) and no router
+        # discovery; the link-local addresses stay: Neighbour Discovery is sent from them.
+        for name in ("all", "default"):
+            for key, value in (("accept_dad", 0), ("dad_transmits", 0), ("accept_ra", 0),
+                               ("router_solicitations", 0)):
+                self.run_netns(netns, ["sysctl", "-q", "-w", "net.ipv6.conf.%s.%s=%d" % (name, key, value)])
 
     def _offloads_off(self, netns, ifname):
         """ethtool -K IF tx off rx off tso off gso off gro off, feature by feature where the
@@ -603,7 +649,7 @@ class Topology:
         args = ["realserver", "--method", method, "--vip", self.vip, "--iface", IFACE]
         if method == "nat":
             # A pair's NAT servers route through the address the VRRP master holds.
-            args += ["--director", GATEWAY_IP if self.pair else DIRECTOR_IP]
+            args += ["--director", GATEWAY_IP if self.pair else self.ip("director")]
         if method == "tunnel":
             args.append("--detach")   # the decapsulator keeps running
         return args
@@ -704,6 +750,8 @@ class Topology:
         argv = ["curl", "-sS", "--noproxy", "*", "--max-time", "%g" % timeout,
                 "--connect-timeout", "%g" % min(timeout, 3.0), "-w", "\n@@lvslab %{http_code} %{local_port}",
                 url] + (["--interface", source] if source else [])
+        if "[" in url:
+            argv.insert(1, "-g")     # --globoff: [2001:db8::2] is an address, not a glob
         try:
             r = self.run(role, argv, timeout=timeout + 10)
         except subprocess.TimeoutExpired:
@@ -811,7 +859,8 @@ class Lab:
         self.say("[%d/%d] %s" % (self.stage, self.stages, text))
 
     def typed_port(self, role):
-        return int(self.topo.ip(role).rsplit(".", 1)[1])
+        """The tutorial's port: the last number of the server's address (10 for .10 and ::10)."""
+        return int(re.split(r"[.:]", self.topo.ip(role))[-1])
 
     def listen_port(self, role):
         """The tutorial's correction: DR and tunnel servers listen on the service's port."""
@@ -832,7 +881,7 @@ class Lab:
     def run(self):
         from .lab_failover import FailoverSteps
         topo = self.topo
-        vip = "%s:80" % topo.vip
+        vip = topo.hostport(topo.vip, 80)
         failures = 0
 
         self.step("building the topology: a client, %s and %d real servers on one switch"
@@ -842,13 +891,14 @@ class Lab:
         for host in topo.hosts.values():
             note = ""
             if host.role == "director":
-                note = "  (the VIP %s is on no interface: %s answers ARP for it)" % (
-                    topo.vip, "the VRRP master's daemon" if self.ha else "the daemon")
+                note = "  (the VIP %s is on no interface: %s answers %s for it)" % (
+                    topo.vip, "the VRRP master's daemon" if self.ha else "the daemon",
+                    "Neighbour Solicitations" if topo.ipv6 else "ARP")
             elif host.role == "director2":
                 note = "  (its twin, for failover)"
             elif host.role in self.methods:
                 note = "  %s" % METHOD_NAME[self.methods[host.role]]
-            self.say("      %-9s %-24s %s/%d%s" % (host.role, host.netns, host.ip, PREFIXLEN, note))
+            self.say("      %-9s %-24s %s/%d%s" % (host.role, host.netns, host.ip, topo.prefixlen, note))
         self.say("      %-9s %-24s bridge %s, one veth pair per host" % ("switch", topo.switch.netns, BRIDGE))
 
         self.step("starting the director: lvs daemon --iface %s%s --detach (in %s)"
@@ -870,7 +920,7 @@ class Lab:
         self.lvsadm("-A", "-t", vip, "-s", self.scheduler)
         for role in topo.servers:
             method = self.methods[role]
-            self.lvsadm("-a", "-t", vip, "-r", "%s:%d" % (topo.ip(role), self.typed_port(role)),
+            self.lvsadm("-a", "-t", vip, "-r", topo.hostport(topo.ip(role), self.typed_port(role)),
                         METHOD_FLAG[method], "-w", "1")
         self._new_log_lines("the daemon, following the rules")
         self.say("      # lvsadm-save -n")
@@ -910,28 +960,30 @@ class Lab:
             r = topo.setup_realserver(role, method)
             self.say(_indent(r.stdout + r.stderr).rstrip("\n"))
 
-        self.step("starting the web servers: python -m http.server, index.html = the last byte of the address")
+        self.step("starting the web servers: python -m http.server, index.html = the last %s of the address"
+                  % ("number" if topo.ipv6 else "byte"))
         for role in topo.servers:
             port = self.listen_port(role)
             topo.http_server(role, str(self.typed_port(role)), port=port,
-                             lifetime=None if self.keep else 600)
+                             bind="::" if topo.ipv6 else "0.0.0.0", lifetime=None if self.keep else 600)
             self.say("      %s: echo %d > index.html; python -m http.server %d" % (role, self.typed_port(role), port))
 
-        self.step("sending %d requests from the client: curl --max-time 5 http://%s/" % (self.requests, topo.vip))
+        self.step("sending %d requests from the client: curl --max-time 5 %s" % (self.requests, topo.url(topo.vip)))
         tunnel = next((role for role in topo.servers if self.methods[role] == "tunnel"), None)
         dump = self._start_trace(tunnel) if tunnel else None
         answered = collections.Counter()
         by_body = {str(self.typed_port(role)): role for role in topo.servers}
         try:
             for n in range(1, self.requests + 1):
-                res = topo.http_get("http://%s/" % topo.vip)
+                res = topo.http_get(topo.url(topo.vip))
                 if res.ok:
                     body = res.body.strip()
                     role = by_body.get(body)
                     answered[role] += 1
                     who = ("%s %s (%s)" % (role, topo.ip(role), METHOD_NAME[self.methods[role]])
                            if role else "unknown server")
-                    self.say("      request %d from %s:%s -> %r from %s" % (n, CLIENT_IP, res.local_port, body, who))
+                    self.say("      request %d from %s -> %r from %s"
+                             % (n, topo.hostport(topo.ip("client"), res.local_port or 0), body, who))
                 else:
                     failures += 1
                     self.say("      request %d: no answer: %s" % (n, res.error or "HTTP status %s" % res.status))
@@ -945,8 +997,8 @@ class Lab:
         self.lvsadm("-Ln", "--stats", check=False)
         self.lvsadm("-Lnc", check=False)
         if tunnel:
-            self.say("      IPIP packets on %s's %s (tcpdump -n -i %s 'ip proto 4'): outer director > server,"
-                     % (tunnel, IFACE, IFACE))
+            self.say("      %s packets on %s's %s (tcpdump -n -i %s '%s'): outer director > server,"
+                     % (self.tunnel_name(), tunnel, IFACE, IFACE, self.trace_filter()))
             self.say("      inner client > VIP; the server answers the client directly, not through the director")
             self.say(_indent(trace or "(none captured)").rstrip("\n"))
         if self.ha:
@@ -976,21 +1028,28 @@ class Lab:
     def _saved_ports(text):
         ports = {}
         for line in text.splitlines():
-            m = re.search(r"-r (\d+\.\d+\.\d+\.\d+):(\d+)", line)
+            m = re.search(r"-r (\d+\.\d+\.\d+\.\d+|\[[0-9a-fA-F:]+\]):(\d+)", line)
             if m:
-                ports[m.group(1)] = int(m.group(2))
+                ports[m.group(1).strip("[]")] = int(m.group(2))
         return ports
+
+    def trace_filter(self):
+        """tcpdump's filter for the tunnel's packets: IPIP, or IPv6 in IPv6 (next header 41)."""
+        return "ip6 proto 41" if self.topo.ipv6 else "ip proto 4"
+
+    def tunnel_name(self):
+        return "IPv6-in-IPv6" if self.topo.ipv6 else "IPIP"
 
     def _start_trace(self, role):
         if shutil.which("tcpdump") is None:
-            self.say("      (tcpdump is not installed: no IPIP trace)")
+            self.say("      (tcpdump is not installed: no %s trace)" % self.tunnel_name())
             return None
         p = self.topo.popen(role, ["tcpdump", "-n", "-l", "-i", IFACE, "-c", str(min(40 * self.requests, 2000)),
-                                   "ip proto 4"], name="tcpdump-%s" % role, lifetime=120)
+                                   self.trace_filter()], name="tcpdump-%s" % role, lifetime=120)
         try:
             self.topo.wait_for_output(p, "listening on", 10.0)
         except LabError as e:
-            self.say("      (no IPIP trace: %s)" % e)
+            self.say("      (no %s trace: %s)" % (self.tunnel_name(), e))
             self.topo.stop(p)
             return None
         return p
@@ -1004,12 +1063,13 @@ class Lab:
             except subprocess.TimeoutExpired:
                 pass
         self.topo.stop(p)
-        lines = [l for l in Topology.read_log(p).splitlines() if " IP " in l]
+        word = " IP6 " if self.topo.ipv6 else " IP "
+        lines = [l for l in Topology.read_log(p).splitlines() if word in l]
         if not lines:
             return ""
         text = "\n".join(lines[:shown])
         if len(lines) > shown:
-            text += "\n... %d IPIP packets in all" % len(lines)
+            text += "\n... %d %s packets in all" % (len(lines), self.tunnel_name())
         return text
 
 
@@ -1032,10 +1092,10 @@ def _keep_notes(lab, out, failed=False):
     w("Try:\n")
     w("  ip netns exec %s %s -Ln --stats\n" % (d, lvsadm))
     w("  ip netns exec %s %s -Lnc\n" % (d, lvsadm))
-    w("  ip netns exec %s curl -s --max-time 5 http://%s/\n" % (c, topo.vip))
+    w("  ip netns exec %s curl -s%s --max-time 5 %s\n" % (c, "g" if topo.ipv6 else "", topo.url(topo.vip)))
     for role in topo.servers:
         if lab.methods[role] == "tunnel":
-            w("  ip netns exec %s tcpdump -n -i %s -c 20 'ip proto 4'\n" % (topo.netns(role), IFACE))
+            w("  ip netns exec %s tcpdump -n -i %s -c 20 '%s'\n" % (topo.netns(role), IFACE, lab.trace_filter()))
             break
     w("  ip netns exec %s tcpdump -n -i %s -c 20 host %s\n" % (d, IFACE, topo.vip))
     if topo.pair:
@@ -1091,9 +1151,13 @@ def lab_main(args, out=sys.stdout, err=sys.stderr):
     def on_term(signum, frame):
         raise _Terminated()
 
+    if args.ha and args.ipv6:
+        err.write("lvs lab: --ha is IPv4 only for now (keepalived's VRRP and the NAT gateway); "
+                  "run --ipv6 without it\n")
+        return 2
     old_term = signal.signal(signal.SIGTERM, on_term)
     topo = Topology(tag=args.tag, servers=len(methods), log=lambda text: None,
-                    directors=2 if args.ha else 1)
+                    directors=2 if args.ha else 1, ipv6=args.ipv6)
     if args.ha and shutil.which("keepalived") is None:
         err.write("lvs lab --ha: needs keepalived (tools/setup.sh installs it)\n")
         return 1
@@ -1162,6 +1226,9 @@ def add_subparser(sub):
     p.add_argument("--tag", default=DEFAULT_TAG, type=_check_tag,
                    help="namespaces are lvslab-TAG-ROLE (default %s)" % DEFAULT_TAG)
     p.add_argument("--all", action="store_true", help="with down: every lab's namespaces (lvslab-*)")
+    p.add_argument("--ipv6", action="store_true",
+                   help="the same tutorial over IPv6: 2001:db8::/64, VIP 2001:db8::2, the tunnel "
+                        "server reached by IPv6 in IPv6")
     p.add_argument("--ha", action="store_true",
                    help="a second director, keepalived's VRRP and connection sync; the master is "
                         "killed during a download and the other carries on")

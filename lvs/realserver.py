@@ -18,6 +18,40 @@ What each forwarding method needs on the real server, as the tutorial and
           the normal routes, from the VIP, straight to the client.
   nat     the default route through the director, so replies pass it.
 
+IPv6 (a VIP or a director's address may be either family; 6.1 tunnels either
+family in either, so an IPv4 VIP may arrive in IPv6 and the other way round):
+
+  dr      the VIP on lo as /128, and nothing else. NDP has no arp_ignore, and
+          needs none: Linux answers a Neighbour Solicitation only for an
+          address on the interface it arrived on (ndisc_recv_ns looks the
+          target up with ipv6_get_ifaddr(net, target, dev, strict=1); else
+          only anycast or proxy_ndp entries are answered), so a VIP on lo is
+          never advertised on eth0. Nor arp_announce: ndisc_solicit takes the
+          triggering packet's source (the VIP) only if that address is on the
+          outgoing interface, else the interface's link-local address. What
+          the kernel user does instead is therefore only this: put the IPv6
+          VIP on lo (or another interface the clients' segment is not on),
+          never on the outside interface, where it would be answered and
+          DAD would probe for it. The director answers the solicitations.
+  tunnel  IPv6 has no rp_filter (only a netfilter rpfilter rule, ip6tables -m
+          rpfilter or nft `fib saddr . iif oif missing`, would drop the
+          decapsulated packets; none is set by default), and the TUN device
+          has no ARP: an IPv6 VIP needs no sysctl, only IPv6 on the device
+          (and no link-local address there, addr_gen_mode=1). Userspace
+          decapsulation takes ip6ip6 (next header 41 in IPv6), IPv4 in IPv6
+          (next header 4), IPv6 in IPv4 (protocol 41), GRE (0x86DD or 0x0800)
+          and GUE (protocol byte 41 or 4) over either outer family; an
+          nftables table `ip6 pylvs_rs` keeps the kernel from answering the
+          IPv6 ones with ICMPv6 parameter problem or port unreachable. The
+          kernel's way, for ipip, is each path's fallback device: tunl0
+          (ipip) for IPv4 in IPv4, sit0 (sit) for IPv6 in IPv4, ip6tnl0
+          (ip6_tunnel) for either in IPv6, set to `mode any` when IPv4 comes
+          in IPv6; it is used when every device needed exists or its module
+          can be loaded, with the IPv6 VIPs on lo, as tunl0 is for IPv4.
+  nat     the IPv6 default route through the director, and the segment's
+          prefix too (at the kernel route's metric, 256, which `replace`
+          must name to replace it).
+
 Every change goes through the host-change journal (lvs/hostconf.py): it is
 printed with its reason and written to the state file before it is made,
 and `--down` undoes exactly what was done, also after a SIGKILL.
@@ -40,38 +74,55 @@ from collections import Counter
 
 from . import hostconf
 from .checksum import checksum
+from . import ipv6
 from .defrag import Reassembled, Reassembler
+from .defrag6 import Reassembled6, Reassembler6
 from .ports.raw import PortGone
 
 OWNER = "lvs realserver"
 TUN_NAME = "lvstun0"
 NFT_TABLE = "pylvs_rs"
-ENCAP_PROTO = {"ipip": 4, "gre": 47, "gue": 17}
 BATCH = 64
+NDP_NOTE = ("%s needs no sysctl: IPv6 has no arp_ignore, and needs none, because Linux answers a "
+            "Neighbour Solicitation only for an address on the interface it arrived on "
+            "(ndisc_recv_ns: ipv6_get_ifaddr(..., dev, strict)), so the VIP is never advertised "
+            "on %s; nor arp_announce: our own solicitations take a source address of the "
+            "outgoing interface (ndisc_solicit uses the packet's source only if it is on it), "
+            "never the VIP. Keep IPv6 VIPs off the outside interface: there they would be answered")
+RPF_NOTE = ("IPv6 has no rp_filter: the decapsulated IPv6 packets from clients routed elsewhere "
+            "are accepted as they are (only a netfilter rpfilter rule, ip6tables -m rpfilter or "
+            "nft fib, would drop them; none is set here)")
 
 # ---------------------------------------------------------------- decapsulation (pure)
 
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
 VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
 IP_MF_OFFSET = 0x3FFF
+IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_UDP, IPPROTO_GRE = 4, 41, 17, 47
 GRE_CSUM = 0x8000
 GRE_MUST_BE_ZERO = 0x7C00     # RFC 2784: bits 1-5 (routing, key, sequence, strict route, recursion)
 GRE_VERSION = 0x0007
 GUE_FLAG_PRIV = 0x0001        # struct guehdr flags (include/net/gue.h), host order of the be16
 GUE_PFLAG_REMCSUM = 0x80000000
 INET_ECN_CE = 3
+# What an encapsulating protocol says the inner packet is: ipip's protocol numbers (4 IPv4,
+# 41 IPv6, in either outer family), GRE's EtherTypes, GUE's protocol byte.
+INNER_BY_PROTO = {IPPROTO_IPIP: 4, IPPROTO_IPV6: 6}
+INNER_BY_ETHERTYPE = {ETH_P_IP: 4, ETH_P_IPV6: 6}
 
 # Reasons that mean "not a tunnel packet for us": left alone, not counted as drops.
-IGNORED = frozenset(("not_ipv4", "not_local", "not_tunnel"))
+IGNORED = frozenset(("not_ip", "not_local", "not_tunnel"))
 QUEUED = "fragment_queued"    # a fragment held for reassembly: neither a drop nor a packet yet
 
 
 def ip_of_frame(frame):
-    """The IPv4 packet of an Ethernet frame, 802.1Q/802.1ad tags skipped; None if not IPv4."""
+    """The IPv4 or IPv6 packet of an Ethernet frame, 802.1Q/802.1ad tags skipped; None if
+    it carries neither."""
     off = 12
     while len(frame) >= off + 2:
         ethertype = (frame[off] << 8) | frame[off + 1]
-        if ethertype == ETH_P_IP:
+        if ethertype == ETH_P_IP or ethertype == ETH_P_IPV6:
             return frame[off + 2:]
         if ethertype not in VLAN_TPIDS:
             return None
@@ -86,19 +137,23 @@ def decap_frame(frame, encap, local, vips, gue_port=None, mac=None):
         return None, "not_local"
     packet = ip_of_frame(frame)
     if packet is None:
-        return None, "not_ipv4"
+        return None, "not_ip"
     return decap_packet(packet, encap, local, vips, gue_port)
 
 
-def decap_packet(packet, encap, local, vips, gue_port=None, reasm=None, now=0.0):
-    """Decapsulate one outer IPv4 packet: (inner packet, None) or (None, reason).
+def decap_packet(packet, encap, local, vips, gue_port=None, reasm=None, now=0.0, reasm6=None):
+    """Decapsulate one outer IPv4 or IPv6 packet: (inner packet, None) or (None, reason).
 
-    `local` and `vips` are sets of 4-byte addresses: the outer destination
-    must be one of ours, the inner one a VIP. Fragments are dropped
-    ("outer_fragment") unless a Reassembler is given; then they are queued
-    and the datagram they complete is decapsulated. Never raises on
-    malformed input.
+    `local` and `vips` are sets of addresses as bytes (4 for IPv4, 16 for IPv6): the
+    outer destination must be one of ours, the inner one a VIP. Either family may ride
+    in either: `encap` ipip takes protocol/next header 4 (IPv4 inside) and 41 (IPv6
+    inside), gre the EtherTypes 0x0800 and 0x86DD, gue the protocol bytes 4 and 41.
+    Outer fragments are dropped ("outer_fragment") unless a Reassembler (IPv4) or
+    Reassembler6 (IPv6) is given; then they are queued and the datagram they complete
+    is decapsulated. Never raises on malformed input.
     """
+    if len(packet) >= 1 and packet[0] >> 4 == 6:
+        return _decap6(packet, encap, local, vips, gue_port, reasm6, now)
     if len(packet) < 20 or packet[0] >> 4 != 4:
         return None, "outer_header"
     ihl = (packet[0] & 15) << 2
@@ -107,7 +162,7 @@ def decap_packet(packet, encap, local, vips, gue_port=None, reasm=None, now=0.0)
     if packet[16:20] not in local:
         return None, "not_local"
     proto = packet[9]
-    if proto != ENCAP_PROTO[encap]:
+    if not _tunnel_proto(encap, proto):
         return None, "not_tunnel"
     total = (packet[2] << 8) | packet[3]
     if total < ihl or total > len(packet):
@@ -126,27 +181,76 @@ def decap_packet(packet, encap, local, vips, gue_port=None, reasm=None, now=0.0)
         packet = done.packet
         if len(packet) < ihl:   # cannot happen, but malformed input must never raise
             return None, "outer_length"
-    payload = packet[ihl:]
+    return _decap_payload(encap, proto, packet[ihl:], packet[12:20], packet[1], gue_port, vips)
+
+
+def _tunnel_proto(encap, proto):
     if encap == "ipip":
-        inner, remcsum = payload, None
+        return proto in INNER_BY_PROTO
+    return proto == (IPPROTO_GRE if encap == "gre" else IPPROTO_UDP)
+
+
+def _decap6(packet, encap, local, vips, gue_port, reasm6, now):
+    """The IPv6 outer header (ipv6_rcv's checks, the extension headers walked as
+    ip6_input_finish does, fragments reassembled as ipv6_frag_rcv), then the tunnel."""
+    if len(packet) < 40:
+        return None, "outer_header"
+    if packet[24:40] not in local:
+        return None, "not_local"
+    plen = (packet[4] << 8) | packet[5]
+    if plen == 0 or 40 + plen > len(packet):   # 0: a jumbogram, which no tunnel sends
+        return None, "outer_length"
+    packet = packet[:40 + plen]                # Ethernet padding off
+    if packet[6] == ipv6.NEXTHDR_HOP and not ipv6.hop_options_ok(packet):
+        return None, "outer_header"
+    found = ipv6.find_hdr(packet)
+    if found is None:
+        return None, "outer_header"
+    if not _tunnel_proto(encap, found.protocol):
+        # (a later fragment names the protocol in its Fragment header: found.protocol too)
+        return None, "not_tunnel"
+    if found.frag_at is not None:
+        if reasm6 is None:
+            return None, "outer_fragment"
+        done = reasm6.add(packet, found.frag_at, found.frag_prev, now)
+        if done is None:
+            return None, QUEUED
+        if not isinstance(done, Reassembled6):
+            return None, done
+        packet = bytes(done.packet)
+        found = ipv6.find_hdr(packet)
+        if found is None or found.frag_at is not None or not _tunnel_proto(encap, found.protocol):
+            return None, "outer_header"
+    if found.offset > len(packet):
+        return None, "outer_header"
+    tclass = ((packet[0] & 15) << 4) | (packet[1] >> 4)
+    return _decap_payload(encap, found.protocol, packet[found.offset:], packet[8:40], tclass,
+                          gue_port, vips)
+
+
+def _decap_payload(encap, proto, payload, addresses, outer_ds, gue_port, vips):
+    """What follows the outer IP header: the inner packet as the tunnel names its family."""
+    if encap == "ipip":
+        inner, family, remcsum = payload, INNER_BY_PROTO[proto], None
     elif encap == "gre":
-        inner, reason = _gre(payload)
+        inner, family = _gre(payload)
         if inner is None:
-            return None, reason
+            return None, family
         remcsum = None
     else:
         if len(payload) < 8:
             return None, "udp_truncated"
         if gue_port is None or ((payload[2] << 8) | payload[3]) != gue_port:
             return None, "not_tunnel"
-        inner, remcsum = _gue(packet[12:20], payload)
+        inner, family, remcsum = _gue(addresses, payload)
         if inner is None:
-            return None, remcsum
-    return _inner(packet[1], inner, vips, remcsum)
+            return None, family
+    return _inner(outer_ds, inner, family, vips, remcsum)
 
 
 def _gre(payload):
-    """GRE (RFC 2784) as IPVS sends it: protocol 0x0800, optionally a checksum."""
+    """GRE (RFC 2784) as IPVS sends it: protocol 0x0800 or 0x86DD, optionally a checksum:
+    (inner, family) or (None, reason)."""
     if len(payload) < 4:
         return None, "gre_truncated"
     flags = (payload[0] << 8) | payload[1]
@@ -159,56 +263,69 @@ def _gre(payload):
         return None, "gre_truncated"
     if flags & GRE_CSUM and checksum(payload):
         return None, "gre_checksum"  # over the GRE header and the payload
-    if ((payload[2] << 8) | payload[3]) != ETH_P_IP:
+    family = INNER_BY_ETHERTYPE.get((payload[2] << 8) | payload[3])
+    if family is None:
         return None, "gre_protocol"
-    return payload[hlen:], None
+    return payload[hlen:], family
 
 
 def _gue(addresses, payload):
-    """UDP + GUE (ipvs_gue_encap, fou's gue_udp_recv): the inner packet and its remote
-    checksum offload (start, position) or None; or (None, reason)."""
+    """UDP + GUE (ipvs_gue_encap, fou's gue_udp_recv): the inner packet, its family and its
+    remote checksum offload (start, position) or None; or (None, reason, None).
+    `addresses` are the outer source and destination (8 or 32 bytes): the UDP checksum's
+    pseudo-header. A zero checksum means none, over IPv6 too: IPVS sends it so without
+    --tun-csum, and fou's IPv6 sockets accept it (udp_set_no_check6_rx)."""
     length = (payload[4] << 8) | payload[5]
     if length < 8 or length > len(payload):
-        return None, "udp_length"
+        return None, "udp_length", None
     payload = payload[:length]
     if payload[6] or payload[7]:
-        pseudo = addresses + b"\0\x11" + struct.pack("!H", length)
+        if len(addresses) == 8:
+            pseudo = addresses + b"\0\x11" + struct.pack("!H", length)
+        else:
+            pseudo = addresses + struct.pack("!IxxxB", length, IPPROTO_UDP)
         if checksum(pseudo + payload):
-            return None, "udp_checksum"
+            return None, "udp_checksum", None
     if len(payload) < 12:
-        return None, "gue_truncated"
+        return None, "gue_truncated", None
     version = payload[8] >> 6
     if version == 1:                 # direct IP: the IP header is the GUE header
-        if payload[8] >> 4 != 4:
-            return None, "gue_protocol"
-        return payload[8:], None
+        family = payload[8] >> 4
+        if family not in (4, 6):
+            return None, "gue_protocol", None
+        return payload[8:], family, None
     if version != 0:
-        return None, "gue_version"
+        return None, "gue_version", None
     if payload[8] & 0x20:
-        return None, "gue_control"
+        return None, "gue_control", None
     optlen = (payload[8] & 0x1F) << 2
-    if payload[9] != 4:
-        return None, "gue_protocol"   # only IPIP: what IPVS sends
+    family = INNER_BY_PROTO.get(payload[9])
+    if family is None:
+        return None, "gue_protocol", None   # only IPIP and IPv6: what IPVS sends
     flags = (payload[10] << 8) | payload[11]
     if flags & ~GUE_FLAG_PRIV:
-        return None, "gue_flags"
+        return None, "gue_flags", None
     if len(payload) < 12 + optlen:
-        return None, "gue_truncated"
+        return None, "gue_truncated", None
     remcsum = None
     if flags & GUE_FLAG_PRIV:
         if optlen < 4:
-            return None, "gue_options"
+            return None, "gue_options", None
         pflags = struct.unpack_from("!I", payload, 12)[0]
         if pflags & ~GUE_PFLAG_REMCSUM:
-            return None, "gue_flags"
+            return None, "gue_flags", None
         if pflags & GUE_PFLAG_REMCSUM:
             if optlen < 8:
-                return None, "gue_options"
+                return None, "gue_options", None
             remcsum = struct.unpack_from("!HH", payload, 16)
-    return payload[12 + optlen:], remcsum
+    return payload[12 + optlen:], family, remcsum
 
 
-def _inner(outer_tos, inner, vips, remcsum):
+def _inner(outer_ds, inner, family, vips, remcsum):
+    """The inner packet checked as ip_rcv / ipv6_rcv would, for a VIP; remote checksum
+    offload finished; ECN decapsulated (`outer_ds`: the outer TOS or traffic class)."""
+    if family == 6:
+        return _inner6(outer_ds, inner, vips, remcsum)
     if len(inner) < 20:
         return None, "inner_truncated"
     if inner[0] >> 4 != 4:
@@ -225,15 +342,10 @@ def _inner(outer_tos, inner, vips, remcsum):
         return None, "inner_not_vip"
     inner = inner[:total]
     if remcsum is not None:
-        # Remote checksum offload: the director left the inner L4 checksum partial
-        # (the pseudo-header sum in place); finish it as skb_remcsum_process does.
-        start, pos = remcsum
-        if start < ihl or pos < start or pos + 2 > total:
+        inner = _remcsum(inner, ihl, remcsum)
+        if inner is None:
             return None, "gue_remcsum"
-        buf = bytearray(inner)
-        struct.pack_into("!H", buf, pos, checksum(buf[start:]))
-        inner = bytes(buf)
-    if outer_tos & 3 == INET_ECN_CE:
+    if outer_ds & 3 == INET_ECN_CE:
         # INET_ECN_decapsulate: CE on a not-ECT packet is an error; on ECT it is kept.
         if inner[1] & 3 == 0:
             return None, "ecn"
@@ -246,8 +358,46 @@ def _inner(outer_tos, inner, vips, remcsum):
     return inner, None
 
 
+def _inner6(outer_ds, inner, vips, remcsum):
+    if len(inner) < 40:
+        return None, "inner_truncated"
+    if inner[0] >> 4 != 6:
+        return None, "inner_not_ipv6"
+    plen = (inner[4] << 8) | inner[5]
+    if plen == 0 or 40 + plen > len(inner):
+        return None, "inner_length"
+    if inner[24:40] not in vips:
+        return None, "inner_not_vip"
+    inner = inner[:40 + plen]
+    if remcsum is not None:
+        inner = _remcsum(inner, 40, remcsum)
+        if inner is None:
+            return None, "gue_remcsum"
+    if outer_ds & 3 == INET_ECN_CE:
+        ecn = (inner[1] >> 4) & 3      # the traffic class's low bits
+        if ecn == 0:
+            return None, "ecn"
+        if ecn != INET_ECN_CE:
+            buf = bytearray(inner)
+            buf[1] |= INET_ECN_CE << 4  # IP6_ECN_set_ce: no header checksum to fix
+            inner = bytes(buf)
+    return inner, None
+
+
+def _remcsum(inner, hlen, remcsum):
+    """Remote checksum offload: the director left the inner L4 checksum partial (the
+    pseudo-header sum in place); finish it as skb_remcsum_process does. None if the
+    option points outside the packet."""
+    start, pos = remcsum
+    if start < hlen or pos < start or pos + 2 > len(inner):
+        return None
+    buf = bytearray(inner)
+    struct.pack_into("!H", buf, pos, checksum(buf[start:]))
+    return bytes(buf)
+
+
 class Decapsulator:
-    """decap_frame with outer fragment reassembly and counters (no I/O)."""
+    """decap_frame with outer fragment reassembly (both families) and counters (no I/O)."""
 
     def __init__(self, encap, vips, local, gue_port=None, mac=None):
         self.mac = mac
@@ -256,6 +406,7 @@ class Decapsulator:
         self.local = set(local)
         self.gue_port = gue_port
         self.reasm = Reassembler()
+        self.reasm6 = Reassembler6()
         self.decapsulated = 0
         self.drops = Counter()
         self.ignored = Counter()
@@ -266,10 +417,10 @@ class Decapsulator:
             return None
         packet = ip_of_frame(frame)
         if packet is None:
-            self.ignored["not_ipv4"] += 1
+            self.ignored["not_ip"] += 1
             return None
         inner, reason = decap_packet(packet, self.encap, self.local, self.vips, self.gue_port,
-                                     self.reasm, now)
+                                     self.reasm, now, self.reasm6)
         if inner is not None:
             self.decapsulated += 1
         elif reason in IGNORED:
@@ -278,8 +429,15 @@ class Decapsulator:
             self.drops[reason] += 1
         return inner
 
+    def next_deadline(self):
+        deadlines = [d for d in (self.reasm.next_deadline(), self.reasm6.next_deadline())
+                     if d is not None]
+        return min(deadlines) if deadlines else None
+
     def expire(self, now):
         for _ in self.reasm.expire(now):
+            self.drops["fragment_timeout"] += 1
+        for _ in self.reasm6.expire(now):
             self.drops["fragment_timeout"] += 1
 
     def summary(self):
@@ -289,19 +447,55 @@ class Decapsulator:
 
 # ---------------------------------------------------------------- host facts
 
+def addr_bytes(text):
+    """An address as the decapsulator compares it: 4 bytes for IPv4, 16 for IPv6."""
+    return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+
+
+def family_of(text):
+    return 6 if ":" in text else 4
+
+
+def ipv6_addresses(ifname=None, scope=None):
+    """[(address bytes, prefix length, interface)] of this namespace's IPv6 addresses (of one
+    interface; of one scope, e.g. "global")."""
+    argv = ["-6", "addr", "show"] + (["dev", ifname] if ifname else []) + (["scope", scope] if scope else [])
+    found = []
+    for link in hostconf.ip_json(*argv):
+        for a in link.get("addr_info", ()):
+            if a.get("family") == "inet6":
+                found.append((socket.inet_pton(socket.AF_INET6, a["local"]), a.get("prefixlen", 128),
+                              link.get("ifname", "")))
+    return found
+
+
 def local_addresses(ifname=None):
-    """{address bytes: interface} of this namespace's IPv4 addresses (of one interface)."""
-    return {addr: dev for addr, _, dev in hostconf.ipv4_addresses(ifname)}
+    """{address bytes: interface} of this namespace's IPv4 and IPv6 addresses (of one interface)."""
+    found = {addr: dev for addr, _, dev in hostconf.ipv4_addresses(ifname)}
+    if os.path.exists("/proc/sys/net/ipv6"):
+        found.update((addr, dev) for addr, _, dev in ipv6_addresses(ifname))
+    return found
 
 
-def default_routes():
+def outer_families(ifname):
+    """The address families tunnel packets can reach us in on `ifname`: 4 if it has an IPv4
+    address, 6 if it has a global IPv6 one (a director sends to the real server's address)."""
+    families = set()
+    if hostconf.ipv4_addresses(ifname):
+        families.add(4)
+    if os.path.exists("/proc/sys/net/ipv6") and ipv6_addresses(ifname, "global"):
+        families.add(6)
+    return families
+
+
+def default_routes(family=4):
     """The main table's default routes as `ip route` prints them, one token list each."""
-    return routes_exact("0.0.0.0/0")
+    return routes_exact("0.0.0.0/0" if family == 4 else "::/0", family)
 
 
-def routes_exact(prefix):
+def routes_exact(prefix, family=4):
     """The main table's routes for exactly `prefix`, as token lists `ip route add` takes back."""
-    out = hostconf.run(["ip", "-4", "route", "show", "table", "main", "exact", prefix])
+    out = hostconf.run(["ip", "-%d" % family, "route", "show", "table", "main", "exact", prefix])
     routes = []
     for line in out.splitlines():
         if line[:1].isspace() and routes:     # a multipath route's "nexthop" lines
@@ -314,21 +508,33 @@ def routes_exact(prefix):
     return [[t for t in r if t not in state] for r in routes]
 
 
-def kernel_ipip():
-    """'present' if tunl0 exists here, 'loadable' if the ipip module is loaded or on disk, else None."""
-    if hostconf.link_info("tunl0") is not None:
+# The kernel's tunnel modules and their fallback devices (made in every namespace when the
+# module is loaded): which one decapsulates what, by (outer family, inner family).
+KERNEL_TUNNELS = {(4, 4): ("tunl0", "ipip", "ipip"), (4, 6): ("sit0", "sit", "sit"),
+                  (6, 6): ("ip6tnl0", "ip6_tunnel", "ip6tnl"), (6, 4): ("ip6tnl0", "ip6_tunnel", "ip6tnl")}
+
+
+def kernel_module(device, module):
+    """'present' if the module's fallback `device` exists here, 'loadable' if the module is
+    loaded or on disk (or built in), else None."""
+    if hostconf.link_info(device) is not None:
         return "present"
-    if os.path.isdir("/sys/module/ipip"):
+    if os.path.isdir("/sys/module/" + module):
         return "loadable"   # loaded, but no fallback device in this namespace
     release = os.uname().release
     for name in ("modules.builtin", "modules.dep"):
         try:
             with open(os.path.join("/lib/modules", release, name)) as f:
-                if "/ipip.ko" in f.read():
+                if "/%s.ko" % module in f.read():
                     return "loadable"
         except OSError:
             pass
     return None
+
+
+def kernel_ipip():
+    """'present' if tunl0 exists here, 'loadable' if the ipip module is loaded or on disk, else None."""
+    return kernel_module("tunl0", "ipip")
 
 
 # ---------------------------------------------------------------- the settings
@@ -351,20 +557,45 @@ class Setup:
     def _conf(self, dev, name, value, why):
         self.changes.sysctl("net.ipv4.conf.%s.%s" % (dev, name), value, why)
 
-    def _add_vips(self, dev):
+    @property
+    def vips4(self):
+        return [v for v in self.vips if family_of(v) == 4]
+
+    @property
+    def vips6(self):
+        return [v for v in self.vips if family_of(v) == 6]
+
+    def _add_vips(self, dev, vips=None):
         ours = local_addresses()
-        for vip in self.vips:
-            where = ours.get(socket.inet_aton(vip))
+        for vip in self.vips if vips is None else vips:
+            six = family_of(vip) == 6
+            where = ours.get(addr_bytes(vip))
             if where == dev:
                 self.note("%s is already on %s; left as it is" % (vip, dev))
                 continue
             if where:
-                raise hostconf.HostError("the VIP %s is already on %s: this host would answer ARP "
-                                         "for it there; remove it first" % (vip, where))
-            self.changes.command(["ip", "addr", "add", vip + "/32", "dev", dev],
-                                 ["ip", "addr", "del", vip + "/32", "dev", dev],
+                raise hostconf.HostError("the VIP %s is already on %s: this host would answer %s "
+                                         "for it there; remove it first"
+                                         % (vip, where, "Neighbour Solicitations" if six else "ARP"))
+            if six:
+                self._ipv6_on(dev)
+            prefix = vip + ("/128" if six else "/32")
+            self.changes.command(["ip", "addr", "add", prefix, "dev", dev] + (["nodad"] if six else []),
+                                 ["ip", "addr", "del", prefix, "dev", dev],
                                  "the VIP as a local address, so that the stack accepts the "
                                  "director's packets for it and answers from it")
+
+    def _ipv6_on(self, dev):
+        """An IPv6 VIP needs IPv6 on its device: refuse where it is off (not ours to turn on,
+        except on the TUN device we made)."""
+        name = "net.ipv6.conf.%s.disable_ipv6" % dev
+        try:
+            off = hostconf.read_sysctl(name) != "0"
+        except OSError:
+            raise hostconf.HostError("IPv6 is not available here (no %s): no IPv6 VIP" % name)
+        if off:
+            raise hostconf.HostError("IPv6 is off on %s (%s=1): turn it on for an IPv6 VIP"
+                                     % (dev, name))
 
     def _link_up(self, dev, why):
         info = hostconf.link_info(dev) or {}
@@ -375,6 +606,11 @@ class Setup:
 
     def dr(self):
         self._add_vips("lo")
+        if self.vips6:
+            self.note(NDP_NOTE % ("an IPv6 VIP on lo", self.args.iface or "the outside interface"))
+        if not self.vips4:
+            return "direct-routing real server for %s ready (VIP on lo, never advertised by NDP)" \
+                % ", ".join(self.vips)
         for dev in ["all"] + ([self.args.iface] if self.args.iface else []):
             self._conf(dev, "arp_ignore", 1,
                        "answer ARP only for addresses on the interface asked (the VIP is on lo): "
@@ -383,14 +619,16 @@ class Setup:
             self._conf(dev, "arp_announce", 2,
                        "never put the VIP in our own ARP requests as their sender address, which "
                        "would teach the neighbours that the VIP is here")
-        return "direct-routing real server for %s ready (VIP on lo, ARP for it left to the director)" \
-            % ", ".join(self.vips)
+        return "direct-routing real server for %s ready (VIP on lo, %s left to the director)" \
+            % (", ".join(self.vips), "ARP for it" if not self.vips6 else "ARP and NDP for them")
 
     # ------------------------------------------------------------ nat
 
     def nat(self):
         director = self.args.director
-        hop = hostconf.ip_json("-4", "route", "get", director)
+        family = family_of(director)
+        fam = "-%d" % family
+        hop = hostconf.ip_json(fam, "route", "get", director)
         hop = hop[0] if hop else {}
         if hop.get("gateway") or hop.get("type", "unicast") != "unicast" or not hop.get("dev"):
             raise hostconf.HostError("the director %s is not on a segment of ours (ip route get: %s): "
@@ -402,27 +640,35 @@ class Setup:
         # The segment itself: clients on it (the tutorial's, all in one subnet) would be
         # answered directly, from our own address instead of the VIP, and drop the answer.
         segment = []
-        for link in hostconf.ip_json("-4", "addr", "show", "dev", dev):
+        host_len = 32 if family == 4 else 128
+        ip_route = ["ip"] + ([] if family == 4 else [fam]) + ["route"]
+        for link in hostconf.ip_json(fam, "addr", "show", "dev", dev):
             for a in link.get("addr_info", ()):
-                net = ipaddress.IPv4Network("%s/%s" % (a["local"], a.get("prefixlen", 32)), strict=False)
-                if ipaddress.IPv4Address(director) in net and net.prefixlen < 31:
-                    connected = routes_exact(str(net))
+                if a.get("scope", "global") != "global":
+                    continue     # IPv6 link-local: not where clients are
+                net = ipaddress.ip_network("%s/%s" % (a["local"], a.get("prefixlen", host_len)), strict=False)
+                if ipaddress.ip_address(director) in net and net.prefixlen < host_len - 1:
+                    connected = routes_exact(str(net), family)
                     if connected:
                         segment.append((str(net), a["local"], connected[0]))
-        for route in default_routes():
-            self.changes.command(["ip", "route", "del"] + route, ["ip", "route", "add"] + route,
+        for route in default_routes(family):
+            self.changes.command(ip_route + ["del"] + route, ip_route + ["add"] + route,
                                  "the director must be the only default route: a NAT real "
                                  "server's replies go back through it to be rewritten")
         for net, rip, connected in segment:
-            self.changes.command(["ip", "route", "add", director + "/32", "dev", dev, "src", rip],
-                                 ["ip", "route", "del", director + "/32", "dev", dev, "src", rip],
+            self.changes.command(ip_route + ["add", "%s/%d" % (director, host_len), "dev", dev, "src", rip],
+                                 ip_route + ["del", "%s/%d" % (director, host_len), "dev", dev, "src", rip],
                                  "the director stays on-link when its segment is routed through it")
-            self.changes.command(["ip", "route", "replace", net, "via", director, "dev", dev, "src", rip],
-                                 ["ip", "route", "replace"] + connected,
+            # IPv6 replaces only the route of the same metric (the kernel's is 256; ip's default 1024)
+            metric = []
+            if family == 6 and "metric" in connected:
+                metric = ["metric", connected[connected.index("metric") + 1]]
+            self.changes.command(ip_route + ["replace", net, "via", director, "dev", dev, "src", rip] + metric,
+                                 ip_route + ["replace"] + connected,
                                  "clients on this segment too: answered directly they would get "
                                  "the reply from %s, not from the VIP, and drop it" % rip)
-        self.changes.command(["ip", "route", "add", "default", "via", director, "dev", dev],
-                             ["ip", "route", "del", "default", "via", director, "dev", dev],
+        self.changes.command(ip_route + ["add", "default", "via", director, "dev", dev],
+                             ip_route + ["del", "default", "via", director, "dev", dev],
                              "replies to clients go to the director, which rewrites their "
                              "source back to the VIP (ip_vs_out)")
         return "NAT real server ready (replies through the director %s: the default route%s)" % (
@@ -430,39 +676,71 @@ class Setup:
 
     # ------------------------------------------------------------ tunnel
 
+    def _tunnel_paths(self):
+        """The (outer family, inner family) pairs to decapsulate: the outer family is that of
+        the address the director sends to (ours on --iface), the inner one a VIP's; 6.1's
+        IPVS puts either family in either."""
+        outer = outer_families(self.args.iface)
+        if not outer:
+            raise hostconf.HostError("%s has no address (IPv4, or global IPv6): the director sends "
+                                     "the tunnel packets to one of ours there" % self.args.iface)
+        inner = {family_of(v) for v in self.vips}
+        return sorted((o, i) for o in outer for i in inner)
+
     def tunnel(self):
         a = self.args
         choice = a.decap
+        paths = self._tunnel_paths()
         if choice != "userspace" and a.encap == "ipip":
-            have = kernel_ipip()
-            if have == "present" or (have == "loadable" and self._create_tunl0(choice == "kernel")):
+            missing = self._kernel_devices(paths, choice == "kernel")
+            if not missing:
                 self.decap = "kernel"
-                return self._kernel_tunnel()
+                return self._kernel_tunnel(paths)
+            what = " and ".join("%s module (no %s" % (module, dev) for dev, module in missing)
             if choice == "kernel":
-                raise hostconf.HostError("--kernel: this kernel has no ipip module (no tunl0, and "
-                                         "no module to load)")
-            self.note("this kernel has no ipip module (no tunl0): this process decapsulates")
+                raise hostconf.HostError("--kernel: this kernel has no %s, and no module to load)" % what)
+            self.note("this kernel has no %s): this process decapsulates" % what)
         elif choice is None:
             self.note("%s is decapsulated by this process (the kernel path, tunl0, is ipip only)"
                       % a.encap)
         self.decap = "userspace"
-        return self._userspace_tunnel()
+        return self._userspace_tunnel(paths)
 
-    def _create_tunl0(self, forced):
+    def _kernel_devices(self, paths, forced):
+        """The kernel's fallback devices the paths need, made where the module can be loaded;
+        [(device, module)] of those missing (none made then, unless --kernel insisted)."""
+        needed = []
+        for path in paths:
+            dev, module, kind = KERNEL_TUNNELS[path]
+            if (dev, module, kind) not in needed:
+                needed.append((dev, module, kind))
+        have = {dev: kernel_module(dev, module) for dev, module, _ in needed}
+        missing = [(dev, module) for dev, module, _ in needed if have[dev] is None]
+        if missing:
+            return missing
+        for dev, module, kind in needed:
+            if have[dev] == "loadable" and not self._create_fallback(dev, module, kind, forced):
+                missing.append((dev, module))
+        return missing
+
+    def _create_fallback(self, dev, module, kind, forced):
+        why = ("the kernel's IPIP fallback device, as the tutorial uses it" if dev == "tunl0" else
+               "the kernel's %s fallback device: it decapsulates what the director tunnels to us"
+               % module)
         try:
-            self.changes.command(["ip", "link", "add", "name", "tunl0", "type", "ipip"],
-                                 ["ip", "link", "del", "tunl0"],
-                                 "the kernel's IPIP fallback device, as the tutorial uses it")
+            self.changes.command(["ip", "link", "add", "name", dev, "type", kind],
+                                 ["ip", "link", "del", dev], why)
             return True
         except hostconf.HostError as e:
-            if hostconf.link_info("tunl0") is not None:
+            if hostconf.link_info(dev) is not None:
                 return True    # the module came and made it (its fallback device is not ours to delete)
             if forced:
                 raise
-            self.note("no tunl0 (%s)" % e)
+            self.note("no %s (%s)" % (dev, e))
             return False
 
-    def _tunnel_common(self, dev):
+    def _tunnel_device_v4(self, dev):
+        """An IPv4 packet comes out of `dev`: its ARP quiet, its source check loose."""
         self._conf(dev, "arp_ignore", 8, "never answer ARP for the VIP on the tunnel device "
                    "(the tutorial's 不回应arp请求)")
         self._conf(dev, "rp_filter", 2,
@@ -470,8 +748,8 @@ class Setup:
                    "through the outside interface, not through this device, so strict rp_filter "
                    "would drop every decapsulated packet (the effective value is the larger of "
                    "all and the device, and 2 is the largest: `all` need not change)")
-        self._add_vips(dev)
-        self._link_up(dev, "bring the tunnel device up")
+
+    def _outside_arp(self):
         out = self.args.iface
         self._conf(out, "arp_ignore", 2, "the outside interface answers ARP only for its own "
                    "addresses, asked from its own subnet: not for the VIP")
@@ -482,18 +760,55 @@ class Setup:
                        "requests: the replies leave from the VIP, and a neighbour that learnt "
                        "the VIP at our MAC would send the VIP's traffic here, not to the director")
 
-    def _kernel_tunnel(self):
-        self._tunnel_common("tunl0")
-        return "tunnel real server for %s ready (kernel ipip decapsulation on tunl0)" % ", ".join(self.vips)
+    def _ipv6_notes(self, where):
+        if self.vips6:
+            self.note(NDP_NOTE % ("an IPv6 VIP on %s" % where, self.args.iface))
+            self.note(RPF_NOTE)
 
-    def _userspace_tunnel(self):
+    def _kernel_tunnel(self, paths):
+        devices = []
+        for path in paths:
+            dev, module, _ = KERNEL_TUNNELS[path]
+            if (dev, module) not in devices:
+                devices.append((dev, module))
+        if (6, 4) in paths:
+            self.changes.command(["ip", "-6", "tunnel", "change", "ip6tnl0", "mode", "any"],
+                                 ["ip", "-6", "tunnel", "change", "ip6tnl0", "mode", "ip6ip6"],
+                                 "ip6tnl0 takes only IPv6 inside (mode ip6ip6) until told any: "
+                                 "the IPv4 VIPs' packets come in IPv6 too")
+        v4_devices = [KERNEL_TUNNELS[p][0] for p in paths if p[1] == 4]
+        for i, dev in enumerate(v4_devices):
+            self._tunnel_device_v4(dev)
+            if i == 0:
+                self._add_vips(dev, self.vips4)    # as the tutorial: the VIP on tunl0
+        if self.vips6:
+            # No ARP, no rp_filter for IPv6: the VIP can be on any device; lo whichever
+            # tunnel device (sit0, ip6tnl0) delivers it.
+            self._add_vips("lo", self.vips6)
+        for dev, _ in devices:
+            self._link_up(dev, "bring the tunnel device up")
+        if self.vips4:
+            self._outside_arp()
+        self._ipv6_notes("lo")
+        if [d for d, _ in devices] == ["tunl0"]:
+            how = "kernel ipip decapsulation on tunl0"
+        else:
+            how = "kernel decapsulation on %s" % ", ".join("%s (%s)" % d for d in devices)
+        return "tunnel real server for %s ready (%s)" % (", ".join(self.vips), how)
+
+    def _userspace_tunnel(self, paths):
         a = self.args
         tun_name = a.tun_name
+        outer = sorted({o for o, _ in paths})
+        inner = sorted({i for _, i in paths})
         if hostconf.link_info(tun_name) is not None:
             raise hostconf.HostError("%s exists already; it is not ours to use (--tun-name)" % tun_name)
-        if hostconf.run(["nft", "list", "table", "ip", NFT_TABLE], check=False):
-            raise hostconf.HostError("nftables table ip %s exists already (is another lvs "
-                                     "realserver running with another --state-file?)" % NFT_TABLE)
+        for family in outer:
+            nft_family = "ip" if family == 4 else "ip6"
+            if hostconf.run(["nft", "list", "table", nft_family, NFT_TABLE], check=False):
+                raise hostconf.HostError("nftables table %s %s exists already (is another lvs "
+                                         "realserver running with another --state-file?)"
+                                         % (nft_family, NFT_TABLE))
         self.changes.command(["ip", "tuntap", "add", "dev", tun_name, "mode", "tun"],
                              ["ip", "link", "del", "dev", tun_name],
                              "a persistent TUN device: decapsulated packets are written into it and "
@@ -501,36 +816,69 @@ class Setup:
                              "until --down undoes them, even if this process is killed")
         from .ports import TunPort
         self.tun = TunPort(tun_name)     # attach now: a device nobody holds has no carrier
+        conf6 = "net.ipv6.conf.%s." % tun_name
         if os.path.exists("/proc/sys/net/ipv6/conf/%s" % tun_name):
-            self.changes.sysctl("net.ipv6.conf.%s.disable_ipv6" % tun_name, 1,
-                                "no IPv6 autoconfiguration traffic into a device nobody reads")
-        self._tunnel_common(tun_name)
-        proto = ENCAP_PROTO[a.encap]
-        match = "udp dport %d" % a.gue_port if a.encap == "gue" else "ip protocol %d" % proto
-        what = {"ipip": "protocol 4 (IPIP): protocol unreachable",
-                "gre": "protocol 47 (GRE): protocol unreachable",
-                "gue": "UDP port %s (GUE): port unreachable" % a.gue_port}[a.encap]
-        body = ("    chain input {\n"
-                "        type filter hook input priority filter; policy accept;\n"
-                '        iifname "%s" %s counter drop\n'
-                "    }" % (a.iface, match))
-        self.changes.nft_table("ip", NFT_TABLE, body,
-                               "this process reads the tunnel packets from %s; the kernel, which "
-                               "cannot decapsulate them, must not answer them with ICMP %s"
-                               % (a.iface, what))
+            if self.vips6:
+                self.changes.sysctl(conf6 + "disable_ipv6", 0,
+                                    "IPv6 on the TUN device: the IPv6 VIPs' packets arrive on it")
+                self.changes.sysctl(conf6 + "addr_gen_mode", 1,
+                                    "no link-local address: no router solicitations or DAD "
+                                    "into a device nobody reads")
+            else:
+                self.changes.sysctl(conf6 + "disable_ipv6", 1,
+                                    "no IPv6 autoconfiguration traffic into a device nobody reads")
+        elif self.vips6:
+            raise hostconf.HostError("IPv6 is not available here: no IPv6 VIP")
+        if self.vips4:
+            self._tunnel_device_v4(tun_name)
+        self._add_vips(tun_name)
+        self._link_up(tun_name, "bring the tunnel device up")
+        if self.vips4:
+            self._outside_arp()
+        self._ipv6_notes(tun_name)
+        for family in outer:
+            self._guard(family, inner)
         from .ports import RawPort
         self.raw = RawPort(a.iface)      # before "ready": no tunnel packet may be missed after it
         return "tunnel real server for %s ready (userspace %s decapsulation on %s -> %s)" % (
             ", ".join(self.vips), a.encap, a.iface, tun_name)
 
+    def _guard(self, family, inner):
+        """nftables, input hook: the tunnel packets the kernel would answer itself (it has no
+        module for them) dropped after our AF_PACKET socket has read them."""
+        a = self.args
+        nft_family, l4 = ("ip", "ip protocol") if family == 4 else ("ip6", "meta l4proto")
+        if a.encap == "gue":
+            match = "udp dport %d" % a.gue_port
+            what = "UDP port %s (GUE): port unreachable" % a.gue_port
+        else:
+            protos = ([IPPROTO_GRE] if a.encap == "gre" else
+                      [{4: IPPROTO_IPIP, 6: IPPROTO_IPV6}[i] for i in inner])
+            match = "%s %s" % (l4, protos[0] if len(protos) == 1 else
+                               "{ %s }" % ", ".join(str(p) for p in protos))
+            names = {IPPROTO_IPIP: "4 (IPIP)", IPPROTO_IPV6: "41 (IPv6)", IPPROTO_GRE: "47 (GRE)"}
+            what = "%s %s: %s" % ("protocol" if family == 4 else "next header",
+                                  " and ".join(names[p] for p in protos),
+                                  "protocol unreachable" if family == 4 else
+                                  "parameter problem (unrecognized next header)")
+        body = ("    chain input {\n"
+                "        type filter hook input priority filter; policy accept;\n"
+                '        iifname "%s" %s counter drop\n'
+                "    }" % (a.iface, match))
+        self.changes.nft_table(nft_family, NFT_TABLE, body,
+                               "this process reads the tunnel packets from %s; the kernel, which "
+                               "cannot decapsulate them, must not answer them with ICMP%s %s"
+                               % (a.iface, "" if family == 4 else "v6", what))
+
 
 # ---------------------------------------------------------------- the decapsulator's loop
 
 def _addr_watch():
-    """A netlink socket that becomes readable when an IPv4 address changes (RTMGRP_IPV4_IFADDR)."""
+    """A netlink socket that becomes readable when an address changes (RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV6_IFADDR)."""
     try:
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        s.bind((0, 0x10))
+        s.bind((0, 0x10 | 0x100))
         s.setblocking(False)
         return s
     except (OSError, AttributeError):
@@ -546,7 +894,7 @@ def run_decapsulator(args, raw, tun, stop, log):
         for fd in (wake_r, wake_w):
             os.set_blocking(fd, False)
         old_wakeup = signal.set_wakeup_fd(wake_w)
-        dec = Decapsulator(args.encap, [socket.inet_aton(v) for v in args.vips],
+        dec = Decapsulator(args.encap, [addr_bytes(v) for v in args.vips],
                            local_addresses(args.iface), args.gue_port, raw.mac)
         sel = selectors.DefaultSelector()
         sel.register(raw.fileno(), selectors.EVENT_READ, "raw")
@@ -557,7 +905,7 @@ def run_decapsulator(args, raw, tun, stop, log):
         stray = 0
         try:
             while not stop:
-                deadline = dec.reasm.next_deadline()
+                deadline = dec.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if watch is None:
                     timeout = 5.0 if timeout is None else min(timeout, 5.0)
@@ -609,15 +957,25 @@ def _parse_vips(text):
     vips = []
     for part in (text or "").split(","):
         part = part.strip()
+        if part.startswith("[") and part.endswith("]"):
+            part = part[1:-1]            # [2001:db8::2], as lvsadm writes it
         try:
-            addr = ipaddress.IPv4Address(part)
+            addr = ipaddress.ip_address(part)
         except ValueError:
             raise ValueError("bad VIP address %r" % part)
-        if addr.is_unspecified or addr.is_multicast or addr.is_loopback or int(addr) == 0xFFFFFFFF:
+        if _unusable(addr):
             raise ValueError("%s cannot be a VIP" % part)
         if str(addr) not in vips:
             vips.append(str(addr))
     return vips
+
+
+def _unusable(addr):
+    if addr.is_unspecified or addr.is_multicast or addr.is_loopback:
+        return True
+    if addr.version == 4:
+        return int(addr) == 0xFFFFFFFF
+    return addr.is_link_local or addr.ipv4_mapped is not None   # a link-local VIP has no route
 
 
 def _check_ifname(name):
@@ -657,9 +1015,15 @@ def _validate(p, args):
         p.error("--kernel decapsulates only ipip (tunl0); gue and gre are decapsulated in userspace")
     args.vips = _parse_vips(args.vip) if args.vip else []
     if args.director:
-        d = ipaddress.IPv4Address(args.director)   # ValueError: a bad address
-        if d.is_unspecified or d.is_multicast or int(d) == 0xFFFFFFFF:
+        text = args.director
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        d = ipaddress.ip_address(text)   # ValueError: a bad address
+        if _unusable(d) and not (d.version == 6 and d.is_link_local):
             raise ValueError("%s cannot be the director's address" % args.director)
+        if d.version == 6 and d.is_link_local:
+            raise ValueError("%s: give the director's global IPv6 address (a link-local one "
+                             "needs an interface scope)" % args.director)
         args.director = str(d)
     if args.iface:
         _check_ifname(args.iface)

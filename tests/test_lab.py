@@ -96,6 +96,28 @@ def test_topology_names_and_addresses():
         lab.Topology(tag="no-dashes")
 
 
+def test_ipv6_topology_names_and_addresses():
+    t = lab.Topology(tag="t1x6", servers=3, ipv6=True)
+    assert t.ip("client") == "2001:db8::1" and t.vip == "2001:db8::2" and t.ip("director") == "2001:db8::3"
+    assert [t.ip(rs) for rs in t.servers] == ["2001:db8::10", "2001:db8::11", "2001:db8::12"]
+    for host in t.hosts.values():
+        assert any(ipaddress.ip_address(host.ip) in net for net in lab.ALLOWED_NETS6)
+    assert t.hostport(t.vip, 80) == "[2001:db8::2]:80" and t.url(t.vip) == "http://[2001:db8::2]/"
+    assert lab.Lab(t, ["dr", "tunnel", "nat"]).typed_port("rs2") == 11
+    with pytest.raises(ValueError):
+        lab.Topology(tag="t1x6", ipv6=True, directors=2)
+
+
+def test_lab_ha_over_ipv6_is_refused(monkeypatch):
+    import io
+    monkeypatch.setattr(lab, "has_privileges", lambda: True)
+    args = type("Args", (), dict(action=None, methods=None, servers=None, requests=6, ha=True, ipv6=True,
+                                 tag=unique_tag(), keep=False, scheduler="rr", all=False))()
+    out, err = io.StringIO(), io.StringIO()
+    assert lab.lab_main(args, out=out, err=err) == 2
+    assert "--ha is IPv4 only" in err.getvalue() and out.getvalue() == ""
+
+
 def test_teardown_before_build_touches_nothing():
     t = lab.Topology(tag="neverbuilt")
     t.teardown()
@@ -393,4 +415,115 @@ def test_the_failover_lab(tag):
     assert "ESTABLISHED" in synced                           # the download, known to the backup
     assert "[done] cleaning up" in out
     assert not lab.lab_namespaces(tag)
+    assert host_state() == before
+
+
+# ---------------------------------------------------------------- `lvs lab --ipv6`
+
+
+@needs_root
+def test_ipv6_topology_documentation_addresses_no_dad_no_default_routes(tag):
+    """The IPv6 lab's hosts: 2001:db8::/64 and their own link-local addresses (Neighbour
+    Discovery is sent from them), nothing tentative (DAD off), no IPv4 address, no default
+    route; the switch has no IPv6 at all; the hosts reach each other."""
+    before = host_state()
+    t = lab.Topology(tag=tag, ipv6=True)
+    t.build()
+    try:
+        assert host_state() == before
+        for role in t.hosts:
+            netns = t.netns(role)
+            addrs = json.loads(subprocess.run(["ip", "-n", netns, "-j", "addr"], capture_output=True,
+                                              text=True, timeout=10).stdout)
+            for link in addrs:
+                for a in link.get("addr_info", []):
+                    addr = ipaddress.ip_address(a["local"])
+                    assert not a.get("tentative"), (netns, a)
+                    if link["ifname"] == "lo":
+                        assert addr.is_loopback
+                    elif a["family"] == "inet6" and addr.is_link_local:
+                        assert a["scope"] == "link"
+                    else:
+                        assert a["family"] == "inet6", "no IPv4 in the IPv6 lab: %s %s" % (netns, a)
+                        assert any(addr in net for net in lab.ALLOWED_NETS6), (netns, a)
+            for family in ("-4", "-6"):
+                routes = json.loads(subprocess.run(["ip", "-n", netns, "-j", family, "route"], capture_output=True,
+                                                   text=True, timeout=10).stdout or "[]")
+                assert all(r["dst"] != "default" for r in routes), (netns, routes)
+            for key in ("accept_dad", "accept_ra"):
+                assert t.run(role, ["sysctl", "-n", "net.ipv6.conf.%s.%s" % (lab.IFACE, key)]).stdout.strip() == "0"
+        assert t.run("switch", ["sysctl", "-n", "net.ipv6.conf.all.disable_ipv6"]).stdout.strip() == "1"
+        others = [role for role in t.hosts if role != "client"]
+        answers = t.tcp_probe([(t.ip(role), 9) for role in others], timeout=2.0)
+        assert set(answers.values()) == {"refused"}, answers
+        assert t.tcp_probe([(t.vip, 80)], timeout=1.0) == {t.vip + ":80": "timeout"}
+    finally:
+        t.teardown()
+    assert not lab.lab_namespaces(tag)
+    assert host_state() == before
+
+
+@needs_root
+def test_the_whole_tutorial_over_ipv6(tag):
+    missing = _missing_lab_parts()
+    if missing:
+        pytest.skip("not available yet: %s" % ", ".join(missing))
+    before = host_state()
+    r = lvs("lab", "--ipv6", "--tag", tag, "--requests", "6", timeout=150)
+    out = r.stdout
+    assert r.returncode == 0, out + r.stderr
+    for stage in range(1, 9):
+        assert "[%d/8]" % stage in out
+    assert "the VIP 2001:db8::2 is on no interface: the daemon answers Neighbour Solicitations for it" in out
+    # The tutorial's mistake, over IPv6: the -g and -i servers listed with the service's port.
+    assert "-a -t [2001:db8::2]:80 -r [2001:db8::10]:80 -g -w 1" in out
+    assert "-r [2001:db8::11]:80 -i -w 1" in out
+    assert "-a -t [2001:db8::2]:80 -r [2001:db8::12]:12 -m -w 1" in out
+    assert "typed as :10 and :11, are listed with :80" in out
+    # Each server's setup: the VIP on lo (DR), ip6ip6 decapsulated by the helper, routes via the director.
+    assert "ip addr add 2001:db8::2/128 dev lo nodad" in out and "never advertised on eth0" in out
+    assert "userspace ipip decapsulation on eth0 -> lvstun0" in out
+    assert "ip -6 route add default via 2001:db8::3 dev eth0" in out
+    answers = [line for line in out.splitlines() if line.strip().startswith("request ")]
+    assert len(answers) == 6 and all("from [2001:db8::1]:" in line for line in answers), answers
+    bodies = [line.split("->")[1].split()[0].strip("'") for line in answers if "->" in line]
+    assert bodies == ["12", "11", "10", "12", "11", "10"], answers      # every request, round robin
+    listing = out.split("# lvsadm -Ln --stats", 1)[1].split("# lvsadm -Lnc", 1)[0]
+    assert "TCP  [2001:db8::2]:80" in listing
+    for server in ("[2001:db8::10]:80", "[2001:db8::11]:80", "[2001:db8::12]:12"):
+        assert "-> " + server in listing
+    connections = out.split("# lvsadm -Lnc", 1)[1].split("IPv6-in-IPv6 packets", 1)[0]
+    rows = [line for line in connections.splitlines() if line.strip().startswith("TCP ")]
+    assert len(rows) == 6 and all("[2001:db8::1]:" in row and "[2001:db8::2]:80" in row for row in rows), rows
+    assert "IP6 2001:db8::3 > 2001:db8::11: IP6 2001:db8::1." in out      # the ip6ip6 trace
+    assert "[done] cleaning up" in out
+    assert not lab.lab_namespaces(tag)
+    assert host_state() == before
+
+
+@needs_root
+def test_an_ipv6_lab_kept_answers_and_lab_down_removes_it(tag):
+    missing = _missing_lab_parts()
+    if missing:
+        pytest.skip("not available yet: %s" % ", ".join(missing))
+    before = host_state()
+    try:
+        r = lvs("lab", "--ipv6", "--keep", "--tag", tag, "--requests", "3", timeout=150)
+        out = r.stdout
+        assert r.returncode == 0, out + r.stderr
+        assert "The lab is left up (--keep)" in out and "[done] cleaning up" not in out
+        assert "curl -sg --max-time 5 http://[2001:db8::2]/" in out
+        assert "tcpdump -n -i eth0 -c 20 'ip6 proto 41'" in out
+        assert "lab down --tag " + tag in out
+        bodies = []
+        for _ in range(3):
+            got = subprocess.run(["ip", "netns", "exec", "lvslab-%s-client" % tag, "curl", "-sg", "--max-time", "5",
+                                  "http://[2001:db8::2]/"], capture_output=True, text=True, timeout=20)
+            bodies.append(got.stdout.strip())
+        assert sorted(bodies) == ["10", "11", "12"], bodies
+    finally:
+        r = lvs("lab", "down", "--tag", tag, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not lab.lab_namespaces(tag)
+    assert not os.path.exists(lab.workdir_for(tag))
     assert host_state() == before
