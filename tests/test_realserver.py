@@ -24,7 +24,7 @@ from scapy.packet import Raw
 
 from lvs import cli, realserver
 from lvs.checksum import checksum, pseudo_sum
-from lvs.realserver import Decapsulator, decap_frame, decap_packet
+from lvs.decap import Decapsulator, decap_frame, decap_packet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
