@@ -39,23 +39,30 @@ def conn_deltas(cp):
 
 
 def _rewrite(buf, ihl, addr_off, port_off, addr, port, ip_d, l4_d):
-    proto = buf[9]
     buf[addr_off:addr_off + 4] = addr
     struct.pack_into("!H", buf, ihl + port_off, port)
     struct.pack_into("!H", buf, 10, apply(struct.unpack_from("!H", buf, 10)[0], ip_d))
+    _l4_update(buf, ihl, buf[9], l4_d, 12, 16)
+
+
+def _l4_update(buf, thoff, proto, l4_d, src_at, dst_at):
+    """The transport checksum after the address and port rewrite: by the delta, or in
+    full over the pseudo-header (addresses at src_at/dst_at, of the packet's family)."""
     if proto == _TCP:
-        off = ihl + 16
+        off = thoff + 16
         struct.pack_into("!H", buf, off, apply(struct.unpack_from("!H", buf, off)[0], l4_d))
     elif proto == _UDP:
-        off = ihl + 6
+        off = thoff + 6
         check = struct.unpack_from("!H", buf, off)[0]
         if check:
             check = apply(check, l4_d)
         else:
             # udp_dnat/snat_handler: a datagram sent without a checksum gets
             # a full one (0 is sent as CSUM_MANGLED_0).
+            n = dst_at - src_at
             buf[off:off + 2] = b"\0\0"
-            check = l4_checksum(bytes(buf[12:16]), bytes(buf[16:20]), _UDP, bytes(buf[ihl:]))
+            check = l4_checksum(bytes(buf[src_at:dst_at]), bytes(buf[dst_at:dst_at + n]), _UDP,
+                                bytes(buf[thoff:]))
         struct.pack_into("!H", buf, off, check or 0xFFFF)
 
 
@@ -98,18 +105,7 @@ def forward(engine, buf, cp):
 def _rewrite_v6(buf, thoff, proto, addr_off, port_off, addr, port, l4_d):
     buf[addr_off:addr_off + 16] = addr
     struct.pack_into("!H", buf, thoff + port_off, port)
-    if proto == _TCP:
-        off = thoff + 16
-        struct.pack_into("!H", buf, off, apply(struct.unpack_from("!H", buf, off)[0], l4_d))
-    else:
-        off = thoff + 6
-        check = struct.unpack_from("!H", buf, off)[0]
-        if check:
-            check = apply(check, l4_d)
-        else:
-            buf[off:off + 2] = b"\0\0"
-            check = l4_checksum(bytes(buf[8:24]), bytes(buf[24:40]), _UDP, bytes(buf[thoff:]))
-        struct.pack_into("!H", buf, off, check or 0xFFFF)
+    _l4_update(buf, thoff, proto, l4_d, 8, 24)
 
 
 def xmit_v6(engine, cp, buf, thoff):

@@ -31,11 +31,12 @@ import struct
 
 from . import arp, hostconf, ndp
 from . import fanout as fanout_mod
-from .checksum import checksum, l4_checksum
+from .checksum import checksum
 from .director6 import ALL_NODES_MAC, ETH_P_IPV6, Director6
 from .flags import IP_VS_CONN_F_MASQ, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 from .icmp import build_error, ipv4_header, is_icmp_error
 from .neigh import HostNeigh6, Neighbours, Routes, ipv6_addresses
+from .proto_tcp import reset_segment
 from .ports import RawPort
 from .ports.raw import ETH_P_ARP, ETH_P_IP
 
@@ -70,23 +71,12 @@ _NFT6_BODY = """\
 
 
 def tcp_reset(packet, ihl, tot):
-    """The RST a closed port answers with (tcp_v4_send_reset): to an ACK, with its
-    ack number as our sequence; otherwise acknowledging what the segment held. As
-    6.1's ip_send_unicast_reply sends it: the segment's TOS less its ECN bits, DF,
+    """The RST a closed port answers with (tcp_v4_send_reset, proto_tcp.reset_segment).
+    As 6.1's ip_send_unicast_reply sends it: the segment's TOS less its ECN bits, DF,
     and (DF, from an unconnected socket) IP ID 0."""
-    th = ihl
-    sport, dport, seq, ack = struct.unpack_from("!HHII", packet, th)
-    flags = packet[th + 13]
-    if flags & 0x10:
-        rseq, rack, rflags = ack, 0, 0x04
-    else:
-        doff = (packet[th + 12] >> 4) << 2
-        length = tot - ihl - doff + (1 if flags & 0x02 else 0) + (1 if flags & 0x01 else 0)
-        rseq, rack, rflags = 0, (seq + length) & 0xFFFFFFFF, 0x14
     saddr, daddr = bytes(packet[16:20]), bytes(packet[12:16])
-    tcp = bytearray(struct.pack("!HHIIBBHHH", dport, sport, rseq, rack, 0x50, rflags, 0, 0, 0))
-    struct.pack_into("!H", tcp, 16, l4_checksum(saddr, daddr, IPPROTO_TCP, bytes(tcp)))
-    return ipv4_header(packet[1] & 0xFC, 40, 0, 0x4000, IPPROTO_TCP, saddr, daddr) + bytes(tcp)
+    tcp = reset_segment(packet, ihl, tot, saddr, daddr)
+    return ipv4_header(packet[1] & 0xFC, 40, 0, 0x4000, IPPROTO_TCP, saddr, daddr) + tcp
 
 
 class Director(Director6):

@@ -18,6 +18,7 @@ from .flags import IPPROTO_TCP, IPPROTO_UDP
 from .icmp6 import ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH, build_error6
 from .icmp_send import ICMPV6_RATELIMIT
 from .neigh import ROUTE_RELOAD, ipv6_addresses
+from .proto_tcp import reset_segment
 
 ETH_P_IPV6 = ndp.ETH_P_IPV6
 IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP = 20, 21
@@ -25,22 +26,13 @@ ALL_NODES_MAC = ndp.multicast_mac(ndp.ALL_NODES)
 
 
 def tcp_reset6(packet, th, end, flowlabel):
-    """tcp_v6_send_reset for a segment at `th` of an IPv6 packet ending at `end`: the same
-    sequence rules as IPv4; hop limit 64, the segment's traffic class less its ECN
+    """tcp_v6_send_reset for a segment at `th` of an IPv6 packet ending at `end`
+    (proto_tcp.reset_segment); hop limit 64, the segment's traffic class less its ECN
     bits, a flow label of the flow's hash (auto_flowlabels; `flowlabel` is ours)."""
-    sport, dport, seq, ack = struct.unpack_from("!HHII", packet, th)
-    flags = packet[th + 13]
-    if flags & 0x10:
-        rseq, rack, rflags = ack, 0, 0x04
-    else:
-        doff = (packet[th + 12] >> 4) << 2
-        length = end - th - doff + (1 if flags & 0x02 else 0) + (1 if flags & 0x01 else 0)
-        rseq, rack, rflags = 0, (seq + length) & 0xFFFFFFFF, 0x14
     saddr, daddr = bytes(packet[24:40]), bytes(packet[8:24])
-    tcp = bytearray(struct.pack("!HHIIBBHHH", dport, sport, rseq, rack, 0x50, rflags, 0, 0, 0))
-    struct.pack_into("!H", tcp, 16, l4_checksum(saddr, daddr, IPPROTO_TCP, bytes(tcp)))
+    tcp = reset_segment(packet, th, end, saddr, daddr)
     tclass = (((packet[0] & 0x0F) << 4) | (packet[1] >> 4)) & 0xFC
-    return ipv6.header(tclass << 20 | flowlabel, 20, IPPROTO_TCP, ipv6.HOP_LIMIT, saddr, daddr) + bytes(tcp)
+    return ipv6.header(tclass << 20 | flowlabel, 20, IPPROTO_TCP, ipv6.HOP_LIMIT, saddr, daddr) + tcp
 
 
 def _icmp6_error(packet):

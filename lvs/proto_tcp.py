@@ -6,6 +6,10 @@ picked from the TCP flags with priority rst > syn > fin > ack, one column per
 current state. `secure_tcp` swaps in the stricter TCP_STATES_DOS grid.
 """
 
+import struct
+
+from .checksum import l4_checksum
+
 (NONE, ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT, TIME_WAIT, CLOSE,
  CLOSE_WAIT, LAST_ACK, LISTEN, SYNACK) = range(11)
 
@@ -80,3 +84,21 @@ def next_state(table, direction, tcp_flags, state):
     if idx < 0:
         return CLOSE
     return table[direction + idx][state]
+
+
+def reset_segment(packet, th, end, saddr, daddr):
+    """The RST a closed port answers a segment at `th` (ending at `end`) with, from
+    `saddr` to `daddr`, as tcp_v4_send_reset and tcp_v6_send_reset build it: to an
+    ACK, with its ack number as our sequence; otherwise acknowledging what the
+    segment held (SYN and FIN count one each). Checksummed over the pseudo-header."""
+    sport, dport, seq, ack = struct.unpack_from("!HHII", packet, th)
+    flags = packet[th + 13]
+    if flags & ACK:
+        rseq, rack, rflags = ack, 0, RST
+    else:
+        doff = (packet[th + 12] >> 4) << 2
+        length = end - th - doff + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+        rseq, rack, rflags = 0, (seq + length) & 0xFFFFFFFF, RST | ACK
+    tcp = bytearray(struct.pack("!HHIIBBHHH", dport, sport, rseq, rack, 0x50, rflags, 0, 0, 0))
+    struct.pack_into("!H", tcp, 16, l4_checksum(saddr, daddr, 6, bytes(tcp)))
+    return bytes(tcp)

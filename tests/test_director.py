@@ -12,27 +12,12 @@ from lvs import adm
 from lvs.director import Director
 from lvs.engine import Engine
 from lvs.neigh import MCAST_SOLICIT, RETRANS_TIME, Neighbours, Routes
+from helpers import FakePort
 
 MAC = bytes.fromhex("020000000003")
 CLIENT_MAC = bytes.fromhex("020000000001")
 RS_MAC = bytes.fromhex("02000000000c")
 DIP, VIP, CLIENT, RS = "198.51.100.3", "198.51.100.2", "198.51.100.1", "198.51.100.12"
-
-
-class FakePort:
-    kind = "ether"
-
-    def __init__(self, name="eth0", mac=MAC):
-        self.name, self.mac = name, mac
-        self.sent = []
-        self.counters = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_ring_drops": 0}
-
-    def send(self, frame):
-        self.sent.append(bytes(frame))
-        return True
-
-    def ring_drops(self):
-        return 0
 
 
 @pytest.fixture

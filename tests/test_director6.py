@@ -19,6 +19,7 @@ from lvs import director6
 from lvs.director import Director
 from lvs.engine import Engine
 from lvs.neigh import MCAST_SOLICIT, RETRANS_TIME, HostNeigh6, Neighbours, Routes
+from helpers import FakePort
 
 MAC = bytes.fromhex("020000000003")
 CLIENT_MAC = bytes.fromhex("020000000001")
@@ -35,23 +36,6 @@ def a6(text):
 
 def mac(b):
     return b.hex(":")
-
-
-class FakePort:
-    kind = "ether"
-    protocol = 0x0003
-
-    def __init__(self, name="eth0", mac=MAC):
-        self.name, self.mac = name, mac
-        self.sent = []
-        self.counters = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_ring_drops": 0}
-
-    def send(self, frame):
-        self.sent.append(bytes(frame))
-        return True
-
-    def ring_drops(self):
-        return 0
 
 
 @pytest.fixture
