@@ -50,3 +50,40 @@ def test_the_sync_case_measures_a_master_and_a_backup(capsys, monkeypatch):
     assert master["baseline"] > 0 and master["sent"] >= 1000     # every flow was sent at least once
     assert rows["sync backup, entries installed"]["value"] > 0
     assert rows["sync backup, entries updated"]["value"] > 0
+
+
+def test_the_port_forwarder_rewrites_the_same_on_ethernet_and_tun():
+    """bench/portfwd.py's forward() (what bench/ports.py runs over each port choice) turns a
+    packet to VIP:port into one to the real server with valid checksums and one TTL less, on an
+    Ethernet port (with the MACs) and on a TUN port (bare IP) alike; nothing else is sent."""
+    import socket
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import Ether
+    from bench import portfwd
+    vip, rs = socket.inet_aton("198.51.100.2"), socket.inet_aton("198.51.100.10")
+    rs_mac, mine = bytes.fromhex("020000000010"), bytes.fromhex("020000000003")
+    ip = IP(src="198.51.100.1", dst="198.51.100.2", ttl=64)
+    packets = [ip / UDP(sport=4000, dport=9000) / (b"x" * 64), ip / TCP(sport=4001, dport=9000, flags="S"),
+               ip / UDP(sport=4000, dport=9000, chksum=0) / b"no checksum",
+               ip / UDP(sport=4000, dport=9001) / b"other port",
+               IP(src="198.51.100.1", dst="198.51.100.9") / UDP(dport=9000)]
+    for link in (14, 0):
+        frames = [bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:03") / p) if link else bytes(p)
+                  for p in packets]
+        sent = []
+        forward = portfwd.make_forward(lambda n: frames, sent.append, link, vip, rs, frozenset([9000]),
+                                       rs_mac if link else b"", mine if link else b"")
+        forward()
+        assert len(sent) == 3
+        for got in sent:
+            if link:
+                assert got[:12] == rs_mac + mine
+            out = IP(bytes(got[link:]))
+            assert (out.src, out.dst, out.ttl) == ("198.51.100.1", "198.51.100.10", 63)
+            again = IP(bytes(got[link:]))
+            del again.chksum
+            if out.payload.chksum:           # a UDP datagram without a checksum keeps none
+                del again.payload.chksum
+            again = IP(bytes(again))
+            assert (again.chksum, again.payload.chksum) == (out.chksum, out.payload.chksum)
+        assert IP(bytes(sent[2][link:])).payload.chksum == 0
