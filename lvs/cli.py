@@ -35,7 +35,8 @@ def _daemon(args):
         return start(path, args.rules, args.feed, detach=args.detach, clock=args.clock,
                      ifaces=ifaces, state_path=args.state_file, log_path=args.log,
                      ring=not args.no_ring, workers=args.workers, standby=args.standby,
-                     max_conns=args.max_conns, sysctls=args.sysctl)
+                     max_conns=args.max_conns, sysctls=args.sysctl, procfs=args.procfs,
+                     metrics=args.metrics)
     except DaemonError as e:
         sys.stderr.write("lvs daemon: %s\n" % e)
         return 1
@@ -109,6 +110,11 @@ def build_parser():
                          "dropped and counted (table_full; sync_table_full for synced ones)")
     dp.add_argument("--standby", action="store_true",
                     help="with --iface: start without answering ARP for the VIPs (a backup director)")
+    dp.add_argument("--procfs", metavar="DIR",
+                    help="keep DIR/net/ip_vs, ip_vs_stats, ip_vs_stats_percpu, ip_vs_conn and "
+                         "ip_vs_conn_sync in the kernel's formats (for node_exporter --path.procfs DIR)")
+    dp.add_argument("--metrics", metavar="ADDR:PORT",
+                    help="serve Prometheus metrics there (node_exporter's node_ipvs_* and pylvs_*)")
     dp.add_argument("--stats", action="store_true",
                     help="print the running daemon's counters: drops by reason, the live side, "
                          "the sync daemons (JSON)")

@@ -63,6 +63,7 @@ class Daemon:
         self._extra_reader = None  # a worker's channel to the daemon
         self.sync_socks = {}     # "master"/"backup" -> (settings, socket): lvs/ports/mcast.py
         self.sync_backlog = []   # messages the master's socket had no room for yet
+        self.exports = None      # --procfs, --metrics (lvs/exports.py)
 
     # ---------------------------------------------------------------- clock
 
@@ -292,6 +293,8 @@ class Daemon:
             except (ValueError, UnicodeDecodeError) as e:
                 answer = {"error": "bad request: %s" % e}
             answer["pylvs"] = ctl.PROTOCOL
+            if self.exports is not None:
+                self.exports.publish()  # --procfs follows each lvsadm change before its answer
             conn.sendall(json.dumps(answer).encode() + b"\n")
         except OSError:
             pass  # the client went away
@@ -332,6 +335,8 @@ class Daemon:
             loop.add_reader(sock, self._sync_reader(sock))
         if self._extra_reader is not None:
             loop.add_reader(*self._extra_reader)
+        if self.exports is not None:
+            self.exports.start(loop)
         try:
             loop.run()
         finally:
@@ -533,6 +538,9 @@ class Daemon:
             self.changes = None
 
     def close(self):
+        if self.exports is not None:
+            self.exports.close()
+            self.exports = None
         for state in list(self.sync_socks):
             self._close_sync(state)
         if self.workers is not None:
@@ -550,8 +558,10 @@ class Daemon:
 
 def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic", out=sys.stdout,
           ifaces=(), state_path=None, log_path=None, ring=True, workers=1, standby=False,
-          max_conns=None, sysctls=()):
+          max_conns=None, sysctls=(), procfs=None, metrics=None):
     """`lvs daemon`: returns the exit status."""
+    if workers > 1 and (procfs or metrics):
+        raise DaemonError("--procfs and --metrics are not available with --workers yet")
     if max_conns is not None and max_conns < 1:
         raise DaemonError("--max-conns: at least 1")
     if standby and not ifaces:
@@ -591,6 +601,14 @@ def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic",
     if ifaces and os.geteuid() != 0:
         raise DaemonError("--iface needs root (AF_PACKET sockets, nftables)")
     daemon.bind()
+    if procfs or metrics:
+        from .exports import ExportError, Exports
+        daemon.exports = Exports(daemon, procfs, metrics)
+        try:
+            daemon.exports.open()
+        except ExportError as e:
+            daemon.close()
+            raise DaemonError(str(e))
     for capture in feed_paths:
         try:
             daemon.feed(capture)

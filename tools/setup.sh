@@ -29,12 +29,24 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# The Prometheus exporter that reads `lvs daemon --procfs` (tests/test_metrics_e2e.py runs it on
+# loopback). Debian's package starts a service on :9100 where systemd runs: one we installed
+# only for the tests is stopped and disabled again.
+if ! command -v prometheus-node-exporter >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    [ ${#need[@]} -gt 0 ] || apt-get update -qq
+    apt-get install -y -qq --no-install-recommends prometheus-node-exporter >/dev/null
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus-node-exporter >/dev/null 2>&1 || true
+    fi
+fi
 
 make_venv() {  # interpreter, directory
     if [ ! -x "$2/bin/python" ]; then
         "$1" -m venv "$2"
     fi
-    if ! "$2/bin/python" -c 'import scapy, pytest, hypothesis, lvs' 2>/dev/null || [ ! -x "$2/bin/lvsadm" ]; then
+    if ! "$2/bin/python" -c 'import scapy, prometheus_client, pytest, hypothesis, lvs' 2>/dev/null \
+            || [ ! -x "$2/bin/lvsadm" ]; then
         "$2/bin/python" -m pip install -q --upgrade pip >/dev/null
         "$2/bin/python" -m pip install -q -e '.[test]'
     fi
