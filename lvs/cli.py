@@ -11,7 +11,7 @@ def _replay(args):
     try:
         return replay(args.rules, args.capture, args.output, sysctls=args.sysctl,
                       fwmarks=args.fwmark, neigh=args.neigh, mac=args.mac, seed=args.seed,
-                      director=args.director)
+                      director=args.director, scheduler_paths=args.scheduler_path)
     except ReplayError as e:
         sys.stderr.write("lvs replay: %s\n" % e)
         return 2
@@ -36,7 +36,7 @@ def _daemon(args):
                      ifaces=ifaces, state_path=args.state_file, log_path=args.log,
                      ring=not args.no_ring, workers=args.workers, standby=args.standby,
                      max_conns=args.max_conns, sysctls=args.sysctl, procfs=args.procfs,
-                     metrics=args.metrics)
+                     metrics=args.metrics, scheduler_paths=args.scheduler_path)
     except DaemonError as e:
         sys.stderr.write("lvs daemon: %s\n" % e)
         return 1
@@ -77,6 +77,8 @@ def build_parser():
                     help="the director's address, source of tunnels and of its ICMP errors "
                          "(default: the VIP); IPv4 or IPv6, give it twice for both families")
     rp.add_argument("--seed", type=int, default=0, help="key for values the kernel draws at random (IP IDs)")
+    rp.add_argument("--scheduler-path", action="append", default=[], metavar="FILE",
+                    help="a Python file with scheduler classes; the rules name them with -s (repeatable)")
     rp.set_defaults(func=_replay)
 
     dp = sub.add_parser("daemon", help="hold the tables and serve lvsadm on a control socket",
@@ -125,6 +127,8 @@ def build_parser():
                     help="tell the running daemon to stop answering ARP for its VIPs")
     dp.add_argument("--cleanup", action="store_true",
                     help="undo the host changes of a daemon that was killed (from its state file)")
+    dp.add_argument("--scheduler-path", action="append", default=[], metavar="FILE",
+                    help="a Python file with scheduler classes, usable with -s NAME (repeatable)")
     dp.set_defaults(func=_daemon)
 
     sp = sub.add_parser("sysctl", help="show or set the running daemon's IPVS sysctls",
@@ -134,10 +138,13 @@ def build_parser():
     sp.add_argument("--socket", metavar="PATH", help="the daemon's control socket")
     sp.set_defaults(func=_sysctl)
 
-    from . import ha, lab, realserver
+    from . import ha, lab, realserver, sim
     realserver.add_subparser(sub)
+    sim.add_subparser(sub)
     lab.add_subparser(sub)
     ha.add_subparser(sub)
+    from . import top
+    top.add_subparser(sub)
     return parser
 
 

@@ -37,6 +37,17 @@ def _addresses(buf):
     return bytes(buf[12:16]), bytes(buf[16:20])
 
 
+def _no_dest_reason(svc):
+    """The drop reason when svc found no real server: no_dest, or the fault a
+    scheduler loaded from a file left (lvs.registry's guard: scheduler_error,
+    scheduler_bad_dest). Read only on this path: the schedule call is unchanged."""
+    fault = getattr(svc.scheduler, "fault", None)
+    if fault is None:
+        return "no_dest"
+    svc.scheduler.fault = None
+    return fault
+
+
 class PacketInfo:
     """What a scheduler may look at (the kernel hands it the skb and ip_vs_iphdr)."""
 
@@ -442,6 +453,7 @@ class PacketPath:
 
     def _leave(self, svc, buf, ihl, proto, dport):
         """ip_vs_leave: no real server, so the client hears port unreachable."""
+        reason = _no_dest_reason(svc)
         daddr = _addresses(buf)[1]
         if self.config.cache_bypass and svc.fwmark and (
                 ipv6.is_unicast(daddr) if len(daddr) == 16
@@ -450,7 +462,7 @@ class PacketPath:
         if svc.port == FTPPORT and dport != FTPPORT:
             return self.count_drop("no_service")
         self.send_icmp_error(buf, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0)
-        self.count_drop("no_dest")
+        self.count_drop(reason)
 
     def _handle_response(self, cp, buf, ihl, proto):
         """ip_vs_out + handle_response: NAT replies get the VIP back as source."""
@@ -492,5 +504,5 @@ class PacketPath:
             return None
         cp = self._schedule(svc, PacketInfo(proto, caddr, vaddr, cport, vport))
         if cp is None:
-            self.count_drop("no_dest")
+            self.count_drop(_no_dest_reason(svc))
         return cp

@@ -19,6 +19,11 @@ answers with one JSON object and a newline, and closes. Version 1:
       the engine's drop counters, with --iface the live side's counters
       (ARP answers, frames to the engine, sent, ring drops per port, vip_owner...),
       and the sync daemons' counters (lvs/sync.py, lvs/syncmsg.py's REASONS).
+  {"pylvs": 1, "op": "top"}
+      -> {"pylvs": 1, "pid": N, "services": [...], "drops": {...}, "director": {...} or null}
+      what `lvs top` draws (lvs/top.py snapshot): each service in ipvsadm -Ln's order with
+      its scheduler, counts and estimator rates [cps, inpps, outpps, inbps, outbps], and
+      its real servers (name, fwd, weight, active, inactive, rates); with --workers added up.
   {"pylvs": 1, "op": "sysctl", "set": {"name": "value", ...}}
       -> {"pylvs": 1, "values": {...}}   all of "set" or none; the sysctls after it
   {"pylvs": 1, "op": "vips", "own": true|false}

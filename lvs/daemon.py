@@ -165,6 +165,22 @@ class Daemon:
             if self.workers:
                 answer = _sum_stats([answer] + self.workers.ask(message))
             return answer
+        if op == "top":
+            # `lvs top`: the tables with their counts and rates, and the counters.
+            from .top import snapshot
+            self.tick()
+            view = self.engine
+            if self.workers:
+                from . import adm
+                from .fanout import add_tally
+                view = adm._scratch_copy(self.engine)
+                for answer in self.workers.ask({"pylvs": ctl.PROTOCOL, "op": "tally"}):
+                    if answer is not None:
+                        add_tally(view, answer["tally"])
+            answer = snapshot(view)
+            stats = self.handle({"pylvs": ctl.PROTOCOL, "op": "stats"})
+            answer.update(pid=os.getpid(), drops=stats["drops"], director=stats["director"])
+            return answer
         if op == "tally":
             from .fanout import tally
             self.tick()
@@ -558,7 +574,7 @@ class Daemon:
 
 def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic", out=sys.stdout,
           ifaces=(), state_path=None, log_path=None, ring=True, workers=1, standby=False,
-          max_conns=None, sysctls=(), procfs=None, metrics=None):
+          max_conns=None, sysctls=(), procfs=None, metrics=None, scheduler_paths=()):
     """`lvs daemon`: returns the exit status."""
     if workers > 1 and (procfs or metrics):
         raise DaemonError("--procfs and --metrics are not available with --workers yet")
@@ -572,6 +588,15 @@ def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic",
         raise DaemonError("--workers needs --iface: the workers share interfaces")
     if workers > 1 and feed_paths:
         raise DaemonError("--workers and --feed: a capture goes to one process")
+    if scheduler_paths:
+        # --scheduler-path FILE: before the rules, which may name them; a fault
+        # refuses the connection (counted) and is logged once per scheduler.
+        from .registry import set_fault_reporter
+        from .replay import load_schedulers
+        load_schedulers(scheduler_paths, DaemonError)
+        set_fault_reporter(lambda name, reason, text: daemon.log(
+            "lvs daemon: scheduler %s: %s (%s; connections it fails are refused and counted, "
+            "shown once)" % (name, text, reason)))
     daemon = Daemon(path, engine=Engine(max_conns=max_conns), clock=clock)
     for item in sysctls:
         try:

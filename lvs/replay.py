@@ -9,7 +9,7 @@ packet with that timestamp, in time then file order.
 import socket
 import sys
 
-from . import listing, rules
+from . import listing, registry, rules
 from .config import EngineConfig
 from .engine import Engine
 from .errors import ConfigError
@@ -145,6 +145,18 @@ def load_rules(path):
 _VERSION = {"ipv4": 4, "ipv6": 6}
 
 
+def load_schedulers(paths, error=ConfigError):
+    """--scheduler-path FILE...: register each file's schedulers; `error(message)`
+    is raised for the first that cannot be loaded. Returns the names registered."""
+    names = []
+    for path in paths or ():
+        try:
+            names += registry.load_scheduler_file(path)
+        except ConfigError as e:
+            raise error(e.message)
+    return names
+
+
 def run_capture(engine, capture_path, send, before=None, shift=0.0):
     """Feed a capture to `engine`, its timestamps (plus `shift`) as the clock.
 
@@ -174,14 +186,18 @@ def run_capture(engine, capture_path, send, before=None, shift=0.0):
 
 
 def replay(rules_path, capture_path, out_path=None, sysctls=(), fwmarks=(), neigh=(),
-           mac="02:00:00:00:00:01", seed=0, director=None, stdout=None, stderr=None):
+           mac="02:00:00:00:00:01", seed=0, director=None, stdout=None, stderr=None,
+           scheduler_paths=()):
     """Run the replay; returns the exit status.
 
     `director` is None, an address (IPv4 or IPv6) or a list with at most one
     of each family; `neigh` items are IP=MAC with an IPv4 or IPv6 IP (IPv6
-    bare or in brackets). Next hops without one get pcap.default_mac()."""
+    bare or in brackets). Next hops without one get pcap.default_mac().
+    `scheduler_paths`: Python files whose schedulers the rules may name
+    (lvs.registry.load_scheduler_file); their first fault is told on stderr."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
+    load_schedulers(scheduler_paths, ReplayError)
     config = EngineConfig()
     for item in sysctls:
         try:
@@ -244,6 +260,9 @@ def replay(rules_path, capture_path, out_path=None, sysctls=(), fwmarks=(), neig
             first = ts
         run_timed(ts)
 
+    previous = registry.set_fault_reporter(lambda name, reason, text: stderr.write(
+        "lvs replay: scheduler %s: %s (%s; connections it fails are refused and counted)\n"
+        % (name, text, reason))) if scheduler_paths else None
     try:
         run_capture(engine, capture_path, send, before)
     except CaptureError as e:
@@ -252,6 +271,8 @@ def replay(rules_path, capture_path, out_path=None, sysctls=(), fwmarks=(), neig
     finally:
         if writer is not None:
             writer.close()
+        if scheduler_paths:
+            registry.set_fault_reporter(previous)
     if first is not None and pending:
         # Timed lines past the last packet still apply, at their time.
         run_timed(first + pending[-1][0])

@@ -45,7 +45,9 @@ make_venv() {  # interpreter, directory
     if [ ! -x "$2/bin/python" ]; then
         "$1" -m venv "$2"
     fi
-    if ! "$2/bin/python" -c 'import scapy, prometheus_client, pytest, hypothesis, lvs' 2>/dev/null \
+    # tomli: lvs sim reads TOML workloads with it before Python 3.11 (tomllib after)
+    if ! "$2/bin/python" -c 'import sys, scapy, prometheus_client, pytest, hypothesis, lvs
+sys.version_info >= (3, 11) or __import__("tomli")' 2>/dev/null \
             || [ ! -x "$2/bin/lvsadm" ]; then
         "$2/bin/python" -m pip install -q --upgrade pip >/dev/null
         "$2/bin/python" -m pip install -q -e '.[test]'
@@ -53,6 +55,8 @@ make_venv() {  # interpreter, directory
 }
 make_venv python3 .venv
 make_venv pypy3 .venv-pypy
+# lvs sim's plots: matplotlib has wheels for CPython; under PyPy lvs sim writes all but the plots.
+.venv/bin/python -c 'import matplotlib' 2>/dev/null || .venv/bin/python -m pip install -q matplotlib
 if [ "${1:-}" = "--bench" ]; then
     # bench/profile.py's profiler (CPython; it falls back to cProfile without it)
     .venv/bin/python -c 'import pyinstrument' 2>/dev/null || .venv/bin/python -m pip install -q pyinstrument
