@@ -345,16 +345,7 @@ def test_parse_listen():
 
 # ---------------------------------------------------------------- lvs daemon --procfs --metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CAPTURE = os.path.join(ROOT, "examples", "tutorial.pcap")
-RULES = os.path.join(ROOT, "examples", "tutorial.rules")
-
-
-def _lvs(*args):
-    import subprocess
-    import sys
-    return subprocess.run([sys.executable, "-m", "lvs"] + list(args), capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
+from test_daemon import CAPTURE, RULES, lvs as _lvs, sock as daemon_sock  # noqa: E402,F401  (helpers, fixture)
 
 
 def _free_port():
@@ -364,25 +355,6 @@ def _free_port():
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-@pytest.fixture
-def daemon_sock(tmp_path):
-    import signal
-    from lvs import ctl
-    path = str(tmp_path / "run" / "lvs.sock")
-    yield path
-    try:
-        pid = ctl.request(path, {"op": "ping"}, timeout=5)["pid"]
-    except (ctl.NoDaemon, OSError, ValueError):
-        return
-    try:
-        _lvs("daemon", "--socket", path, "--stop")
-    finally:
-        try:
-            os.kill(pid, signal.SIGKILL)  # only ours, by its PID, if --stop failed
-        except ProcessLookupError:
-            pass
 
 
 def test_daemon_refuses_a_busy_port_and_bad_flags(daemon_sock, tmp_path):
