@@ -79,12 +79,15 @@ def profile_memory(top):
     syns = [core.segment(*core.client_of(i), 0x02) for i in range(N)]
     acks = [core.segment(*core.client_of(i), 0x10) for i in range(N)]
     tracemalloc.start(4)
-    before = tracemalloc.take_snapshot()
-    for i in range(0, N, core.BATCH):
-        engine.receive_batch(syns[i:i + core.BATCH], 1.0)
-    for i in range(0, N, core.BATCH):
-        engine.receive_batch(acks[i:i + core.BATCH], 1.0)
-    after = tracemalloc.take_snapshot()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i in range(0, N, core.BATCH):
+            engine.receive_batch(syns[i:i + core.BATCH], 1.0)
+        for i in range(0, N, core.BATCH):
+            engine.receive_batch(acks[i:i + core.BATCH], 1.0)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()  # left on, it slows every later allocation of the process (the tests')
     stats = after.compare_to(before, "lineno")
     total = sum(s.size_diff for s in stats)
     print("%d ESTABLISHED NAT connections (with fast path entries): %.0f bytes each, by allocation site:"

@@ -34,7 +34,9 @@ def test_the_memory_profile_names_where_a_connection_s_bytes_go(capsys):
     from bench import profile
     if sys.implementation.name != "cpython":
         pytest.skip("tracemalloc is CPython's")
+    import tracemalloc
     assert profile.main(["memory", "--count", "2000", "--top", "5"]) == 0
+    assert not tracemalloc.is_tracing()   # left on, it would slow the rest of the test run
     out = capsys.readouterr().out
     assert "2000 ESTABLISHED NAT connections" in out
     assert "lvs/conntab.py" in out        # the connection objects themselves
