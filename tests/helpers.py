@@ -1,5 +1,6 @@
 """What several test modules share: addresses, a scheduler rig, golden-frame decoding."""
 
+import re
 import struct
 from collections import Counter
 
@@ -125,3 +126,33 @@ class FakePort:
 
     def ring_drops(self):
         return 0
+
+
+# ipvsadm transcripts recorded by the kernel oracle (tests/test_adm.py, test_cli_v6.py)
+
+def args_of(argv):
+    """A recorded argv -> adm.run's argv (ipvsadm-save is -S, ipvsadm-restore -R)."""
+    if argv[0] == "ipvsadm-save":
+        return ["-S"] + list(argv[1:])
+    if argv[0] == "ipvsadm-restore":
+        return ["-R"] + list(argv[1:])
+    assert argv[0] == "ipvsadm"
+    return list(argv[1:])
+
+
+def want(step):
+    return step["stdout"], step["stderr"], step["rc"]
+
+
+def steps_of(seq):
+    return list(seq["transcript"]) + list(seq.get("final", {}).values())
+
+
+def needs_names(argv):
+    """A listing or save without -n: its output depends on the host's name tables."""
+    args = args_of(argv)
+    if not args:
+        return True
+    if not re.match(r"(-[lLS]\w*|--list|--save)$", args[0]):
+        return False
+    return not any(a in ("-n", "--numeric") or re.match(r"-[A-Za-z]*n", a) for a in args)

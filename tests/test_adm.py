@@ -42,6 +42,7 @@ from lvs import adm, registry, tables as engine_module  # noqa: E402  (tables: w
 from lvs.engine import Engine  # noqa: E402
 from lvs.errors import ConfigError  # noqa: E402
 from schedulers._base import Scheduler, usable  # noqa: E402
+from helpers import args_of, needs_names, steps_of, want  # noqa: E402
 
 GOLDEN_DIR = Path(__file__).parent / "data" / "golden"
 CLI = json.loads((GOLDEN_DIR / "cli.json").read_text())
@@ -67,24 +68,8 @@ def fresh_engine():
     return eng
 
 
-def args_of(argv):
-    """A recorded argv -> adm.run's argv (ipvsadm-save is ipvsadm -S)."""
-    if argv[0] == "ipvsadm-save":
-        return ["-S"] + list(argv[1:])
-    assert argv[0] == "ipvsadm"
-    return list(argv[1:])
-
-
 def run_step(eng, step, atomic=True):
     return adm.run(eng, args_of(step["argv"]), step.get("stdin"), atomic_restore=atomic)
-
-
-def want(step):
-    return step["stdout"], step["stderr"], step["rc"]
-
-
-def steps_of(seq):
-    return list(seq["transcript"]) + list(seq.get("final", {}).values())
 
 
 # ------------------------------------------------------------ host names
@@ -108,15 +93,6 @@ def _names_like_the_vm():
 
 
 NAMES_OK = _names_like_the_vm()
-
-
-def needs_names(argv):
-    args = args_of(argv)
-    if not args:
-        return True
-    if not re.match(r"(-[lLS]\w*|--list|--save)$", args[0]):
-        return False
-    return not any(a in ("-n", "--numeric") or re.match(r"-[A-Za-z]*n", a) for a in args)
 
 
 # ------------------------------------------------------------ schedulers

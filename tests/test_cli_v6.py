@@ -39,6 +39,7 @@ from lvs.engine import Engine  # noqa: E402
 from lvs.errors import ConfigError  # noqa: E402
 from lvs.flags import IP_VS_CONN_F_INACTIVE, IP_VS_CONN_F_TEMPLATE  # noqa: E402
 from lvs.tables import EINVAL_TEXT  # noqa: E402
+from helpers import args_of, needs_names, steps_of, want  # noqa: E402
 
 CLI6 = json.loads((Path(__file__).parent / "data" / "golden-v6" / "cli-v6.json").read_text())
 SEQS = {s["name"]: s for s in CLI6["sequences"]}
@@ -60,24 +61,6 @@ def fresh_engine(seq):
     eng = Engine(seed=1)
     eng.interfaces = _interfaces(seq)
     return eng
-
-
-def args_of(argv):
-    """A recorded argv -> adm.run's argv (ipvsadm-save is -S, ipvsadm-restore -R)."""
-    if argv[0] == "ipvsadm-save":
-        return ["-S"] + list(argv[1:])
-    if argv[0] == "ipvsadm-restore":
-        return ["-R"] + list(argv[1:])
-    assert argv[0] == "ipvsadm"
-    return list(argv[1:])
-
-
-def want(step):
-    return step["stdout"], step["stderr"], step["rc"]
-
-
-def steps_of(seq):
-    return list(seq["transcript"]) + list(seq.get("final", {}).values())
 
 
 def starts_fresh(step):
@@ -113,15 +96,6 @@ def _names_like_the_vm():
 
 
 NAMES_OK = _names_like_the_vm()
-
-
-def needs_names(argv):
-    args = args_of(argv)
-    if not args:
-        return True
-    if not re.match(r"(-[lLS]\w*|--list|--save)$", args[0]):
-        return False
-    return not any(a in ("-n", "--numeric") or re.match(r"-[A-Za-z]*n", a) for a in args)
 
 
 # ------------------------------------------------------------ SCTP (not built)
