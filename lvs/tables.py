@@ -8,7 +8,7 @@ ipvsadm's text and changes nothing.
 
 import functools
 
-from . import proto_tcp
+from . import ipv6, proto_tcp
 from .control import (ADD_DEST, ADD_SERVICE, DEL_DEST, DEL_SERVICE, EDIT_DEST,
                       EDIT_SERVICE, FLUSH, SET_TIMEOUT, ZERO)
 from .errors import ConfigError
@@ -164,12 +164,8 @@ class Tables:
             # ipv6_addr_type(): not IPV6_ADDR_UNICAST (multicast, ::, v4-mapped),
             # or link-local, and no address of the director's own
             # (__ip_vs_addr_is_local_v6)
-            multicast = addr[0] == 0xFF
-            zero_prefix = addr[:8] == bytes(8)
-            unspecified = addr == bytes(16)
-            mapped = zero_prefix and addr[8:12] == b"\0\0\xff\xff"
             link_local = addr[0] == 0xFE and addr[1] & 0xC0 == 0x80
-            return ((multicast or unspecified or mapped or link_local)
+            return ((not ipv6.is_unicast(addr) or link_local)
                     and addr != getattr(self, "director_addr6", None))
         # not RTN_UNICAST/RTN_LOCAL
         return addr[0] == 0 or addr[0] >= 224 or addr == b"\xff\xff\xff\xff"
