@@ -12,8 +12,9 @@ import struct
 from . import ipv6, proto_icmp, proto_tcp
 from .checksum import checksum
 from .conntab import IP_VS_CTPL_S_ASSURED, TableFull
+from .control import service_key
 from .defrag import fragment
-from .flags import (AF_INET, AF_INET6, IP_VS_CONN_F_BYPASS, IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_INACTIVE,
+from .flags import (IP_VS_CONN_F_BYPASS, IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_INACTIVE,
                     IP_VS_CONN_F_MASQ, IP_VS_CONN_F_NOOUTPUT, IP_VS_CONN_F_ONE_PACKET,
                     IP_VS_CONN_F_TEMPLATE, IP_VS_CONN_F_TUNNEL, IP_VS_DEST_F_AVAILABLE,
                     IP_VS_SVC_F_ONEPACKET, IP_VS_SVC_F_PERSISTENT, IPPROTO_ICMP,
@@ -306,7 +307,7 @@ class PacketPath:
         """ip_vs_service_find: fwmark first, then the exact service, FTP, port zero."""
         services = self.services
         if mark:
-            svc = services.get(("f", mark, AF_INET6 if len(daddr) == 16 else AF_INET))
+            svc = services.get(service_key(0, daddr, 0, mark))  # by mark and daddr's family
             if svc is not None:
                 return svc
         svc = services.get((proto, daddr, dport))
