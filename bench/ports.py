@@ -59,6 +59,7 @@ import time
 
 from lvs.lab import IFACE, VIP, Topology
 
+from .live import cpu_seconds, emit
 from .portfwd import KINDS
 
 BASELINE = "ring"
@@ -127,17 +128,6 @@ _SINK = """table ip pylvsbenchsink {
     }
 }
 """
-
-
-def emit(**row):
-    row["impl"] = sys.implementation.name
-    print(json.dumps(row), flush=True)
-
-
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def arrived(topo):
