@@ -11,7 +11,8 @@ def _replay(args):
     try:
         return replay(args.rules, args.capture, args.output, sysctls=args.sysctl,
                       fwmarks=args.fwmark, neigh=args.neigh, mac=args.mac, seed=args.seed,
-                      director=args.director, scheduler_paths=args.scheduler_path)
+                      director=args.director, scheduler_paths=args.scheduler_path,
+                      max_conns=args.max_conns)
     except ReplayError as e:
         sys.stderr.write("lvs replay: %s\n" % e)
         return 2
@@ -79,6 +80,9 @@ def build_parser():
     rp.add_argument("--seed", type=int, default=0, help="key for values the kernel draws at random (IP IDs)")
     rp.add_argument("--scheduler-path", action="append", default=[], metavar="FILE",
                     help="a Python file with scheduler classes; the rules name them with -s (repeatable)")
+    rp.add_argument("--max-conns", type=int, metavar="N",
+                    help="bound the connection table at N entries, as lvs daemon --max-conns "
+                         "(the defense modes measure pressure against it)")
     rp.set_defaults(func=_replay)
 
     dp = sub.add_parser("daemon", help="hold the tables and serve lvsadm on a control socket",

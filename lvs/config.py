@@ -3,9 +3,10 @@
 Defaults are the kernel's (ip_vs_ctl.c ip_vs_control_net_init_sysctl,
 ip_vs_lblc.c, ip_vs_lblcr.c). Every name the kernel has is accepted so that a
 sysctl dump loads; HONOURED lists the ones whose behaviour the engine reproduces.
-The others are stored and shown but change nothing (they govern memory
-pressure, conntrack or routing, none of which exists here; sync_sock_size:
-the sync sockets keep the host's default size).
+The others are stored and shown but change nothing (they govern conntrack
+or routing, neither of which exists here; sync_sock_size: the sync sockets
+keep the host's default size). Memory pressure is the connection table's free
+room (lvs/defense.py).
 """
 
 from .errors import ConfigError
@@ -50,10 +51,12 @@ DEFAULTS = {
 HONOURED = frozenset({
     "conn_reuse_mode", "expire_nodest_conn", "expire_quiescent_template",
     "nat_icmp_send", "secure_tcp", "sloppy_tcp", "schedule_icmp", "cache_bypass",
-    "drop_packet", "am_droprate", "lblc_expiration", "lblcr_expiration",
+    "drop_packet", "am_droprate", "drop_entry", "amemthresh", "lblc_expiration", "lblcr_expiration",
     "run_estimation", "pmtu_disc", "sync_threshold", "sync_version", "sync_refresh_period",
     "sync_retries", "sync_persist_mode", "sync_qlen_max", "backup_only", "sync_ports",
 })
+
+DEFENSE_MODES = ("drop_entry", "drop_packet", "secure_tcp")
 
 # Ranges the kernel's handlers enforce (proc_dointvec_minmax, proc_do_defense_mode).
 _RANGES = {
@@ -71,7 +74,8 @@ class EngineConfig:
 
     def __init__(self, **overrides):
         self.__dict__.update(DEFAULTS)
-        self.secure_tcp_on = False
+        self.secure_tcp_on = False   # TCP follows TCP_STATES_DOS (lvs/defense.py sets it)
+        self.defense_hook = None     # Engine.update_defense_level, once an engine has this config
         self.generation = 0   # moves with every set(): the fast path starts again
         for name, value in overrides.items():
             self.set(name, value)
@@ -108,8 +112,8 @@ class EngineConfig:
         lo_hi = _RANGES.get(name)
         if lo_hi and not lo_hi[0] <= parsed <= lo_hi[1]:
             raise ConfigError("invalid value %r for sysctl %s" % (value, name))
+        before = self.__dict__[name]
         self.__dict__[name] = parsed
         self.generation += 1
-        # The defense modes are on at 3 ("always"); 1 and 2 follow memory
-        # pressure, which a userspace table never reaches, so they stay off.
-        self.secure_tcp_on = self.__dict__["secure_tcp"] == 3
+        if name in DEFENSE_MODES and parsed != before and self.defense_hook is not None:
+            self.defense_hook()   # proc_do_defense_mode: the levels follow at once

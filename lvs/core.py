@@ -78,8 +78,10 @@ class PacketPath:
         except TableFull:
             # ip_vs_conn_new failed (*ignored = -1): the packet is dropped, no ICMP.
             self.count_drop("table_full")
-        except Exception:  # a bug must not take the director down: count it
+        except Exception as exc:  # a bug must not take the director down: count it
             self.count_drop("internal_error")
+            if self.on_internal_error is not None:
+                self.on_internal_error(packet, exc)   # a debugging hook (Engine); off: None
             return []
         return out
 
@@ -350,17 +352,6 @@ class PacketPath:
                             and dest.conn_flags & IP_VS_CONN_F_FWD_MASK == IP_VS_CONN_F_MASQ):
                         return dest
         return None
-
-    def _todrop(self):
-        """ip_vs_todrop: the drop_packet defense drops one new connection in
-        am_droprate; only its "always" mode (3) is ever on without memory pressure."""
-        if self.config.drop_packet != 3 or self.config.am_droprate <= 0:
-            return False
-        self._drop_counter -= 1
-        if self._drop_counter > 0:
-            return False
-        self._drop_counter = self.config.am_droprate
-        return True
 
     def _schedule(self, svc, pkt):
         """ip_vs_schedule: a new connection (and template) for svc, or None."""

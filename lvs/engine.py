@@ -17,6 +17,7 @@ kernel's files finds each counterpart:
   lvs/timers.py     Timers: ip_vs_conn.c's expiry and ip_vs_est.c -- expire()
   lvs/icmp_send.py  IcmpSender: net/ipv4/icmp.c's icmp_send and its rate limits
   lvs/sync.py       Sync: ip_vs_sync.c -- the master's send rules, the backup's install
+  lvs/defense.py    Defense: update_defense_level, ip_vs_random_dropentry, ip_vs_todrop
   here              the state they share, and the views listings read
 
 A malformed packet is dropped and counted under a named reason; nothing a
@@ -32,6 +33,7 @@ from .conntab import IP_VS_CTPL_S_ASSURED, ConnTable
 from .core import PacketPath
 from .core6 import PacketPath6
 from .defrag import Reassembler
+from .defense import DEFENSE_TIMER_PERIOD, Defense
 from .defrag6 import Reassembler6
 from .fastpath import FastPath, enabled_by_default
 from .flags import IP_VS_CONN_F_TEMPLATE, IPPROTO_TCP, IPPROTO_UDP
@@ -45,7 +47,7 @@ UDP_TIMEOUT = 5 * 60
 CONN_TAB_SIZE = 4096
 
 
-class Engine(PacketPath, PacketPath6, IcmpSender, Tables, Timers, Sync):
+class Engine(PacketPath, PacketPath6, IcmpSender, Tables, Timers, Sync, Defense):
     """One director's IPVS: services, real servers, connections, counters and timers."""
 
     def __init__(self, config=None, seed=0, director_addr=None, mtu=1500, fwmark=None, fastpath=None,
@@ -62,7 +64,6 @@ class Engine(PacketPath, PacketPath6, IcmpSender, Tables, Timers, Sync):
         self.tot_stats = Stats()
         self.trash = []                     # deleted dests kept while connections use them
         self._trash_timer = None
-        self._drop_counter = 0
         self._nodest_flush = None
         self.tcp_timeouts = list(proto_tcp.TIMEOUTS)
         self.udp_timeout = UDP_TIMEOUT
@@ -87,6 +88,11 @@ class Engine(PacketPath, PacketPath6, IcmpSender, Tables, Timers, Sync):
         self.resolved = None                # and the direction it was sent in
         self.generation = 0                 # moves with every table change (lvs/tables.py)
         self._sync_init()
+        self._defense_init()
+        # Debugging: callable(packet, exc) run inside the except clause that counts an
+        # internal_error (so sys.exc_info() and exc.__traceback__ are the bug's), or None.
+        # It may record the traceback, or re-raise. Never read on a packet's normal path.
+        self.on_internal_error = None
         self.fast = None
         self.set_fastpath(enabled_by_default() if fastpath is None else fastpath)
 
@@ -128,6 +134,7 @@ class Engine(PacketPath, PacketPath6, IcmpSender, Tables, Timers, Sync):
         if self._start is None:
             self._start = now
             self._next_estimate = now + ESTIMATOR_PERIOD
+            self._next_defense = now + DEFENSE_TIMER_PERIOD
         if self.now is None or now > self.now:
             self.now = now
 

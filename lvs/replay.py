@@ -187,7 +187,7 @@ def run_capture(engine, capture_path, send, before=None, shift=0.0):
 
 def replay(rules_path, capture_path, out_path=None, sysctls=(), fwmarks=(), neigh=(),
            mac="02:00:00:00:00:01", seed=0, director=None, stdout=None, stderr=None,
-           scheduler_paths=()):
+           scheduler_paths=(), max_conns=None):
     """Run the replay; returns the exit status.
 
     `director` is None, an address (IPv4 or IPv6) or a list with at most one
@@ -198,6 +198,8 @@ def replay(rules_path, capture_path, out_path=None, sysctls=(), fwmarks=(), neig
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     load_schedulers(scheduler_paths, ReplayError)
+    if max_conns is not None and max_conns < 1:
+        raise ReplayError("--max-conns: at least 1")
     config = EngineConfig()
     for item in sysctls:
         try:
@@ -222,7 +224,7 @@ def replay(rules_path, capture_path, out_path=None, sysctls=(), fwmarks=(), neig
     director_addr, director_addr6 = parse_directors(director)
 
     engine = Engine(config, seed=seed, director_addr=director_addr, director_addr6=director_addr6,
-                    fwmark=fwmark_function(marks))
+                    fwmark=fwmark_function(marks), max_conns=max_conns)
     initial, timed = load_rules(rules_path)
     try:
         for number, cmd in initial:

@@ -1,8 +1,11 @@
-"""The engine's timers: connection expiry (ip_vs_conn.c's ip_vs_conn_expire) reassembly timeouts, and the 2-second rate estimator (ip_vs_est.c).
+"""The engine's timers: connection expiry (ip_vs_conn.c's ip_vs_conn_expire), reassembly
+timeouts, the 2-second rate estimator (ip_vs_est.c) and the 1-second defense check
+(lvs/defense.py).
 A mixin of Engine (lvs/engine.py); time only moves when expire() is called.
 """
 
 from .conntab import IP_VS_CTPL_S_ASSURED
+from .defense import DEFENSE_TIMER_PERIOD
 from .flags import IP_VS_CONN_F_INACTIVE, IP_VS_CONN_F_TEMPLATE
 from .icmp import ICMP_TIME_EXCEEDED
 from .stats import ESTIMATOR_PERIOD
@@ -18,8 +21,8 @@ class Timers:
     def next_deadline(self):
         """When expire() next has work to do (connection, fragment and estimator timers)."""
         times = [t for t in (self.conntab.next_deadline(), self.defrag.next_deadline(),
-                             self.defrag6.next_deadline(),
-                             self._next_estimate, self._trash_timer, self._nodest_flush)
+                             self.defrag6.next_deadline(), self._next_estimate,
+                             self._next_defense, self._trash_timer, self._nodest_flush)
                  if t is not None]
         return min(times) if times else None
 
@@ -36,22 +39,38 @@ class Timers:
             self._nodest_flush = None
             self._flush_nodest(now)
         trash = self._trash_timer
-        if self._next_estimate > now and (trash is None or trash > now):
+        if (self._next_estimate > now and self._next_defense > now
+                and (trash is None or trash > now)):
             top = tab._heap[0][0] if tab._heap else None
             if top is None or top > now:
                 return sent  # nothing due: the common case on the packet path
         while True:
             est = self._next_estimate
             trash = self._trash_timer
+            defense = self._next_defense
             bound = est if est < now else now
+            if defense < bound:
+                bound = defense
             if trash is not None and trash < bound:
                 bound = trash
             cp = tab.pop_due(bound)
             if cp is not None:
                 self._conn_expire(cp, max(cp.expires, self._start))
                 continue
-            if trash is not None and trash <= now and trash <= est:
+            if trash is not None and trash <= now and trash <= est and trash <= defense:
                 self._trash_expire(trash)
+                continue
+            if defense <= now and defense <= est:
+                self._defense_timer(defense)
+                after = defense + DEFENSE_TIMER_PERIOD
+                if not self.dropentry:
+                    # Until an entry expires or a packet comes, nothing moves the
+                    # levels: the ticks up to then repeat this one; run only the last.
+                    top = tab.next_deadline()
+                    until = now if top is None or top > now else top
+                    if until >= after + DEFENSE_TIMER_PERIOD:
+                        after += (until - after) // DEFENSE_TIMER_PERIOD * DEFENSE_TIMER_PERIOD
+                self._next_defense = after
                 continue
             if est <= now:
                 self._estimate()
