@@ -15,6 +15,10 @@ are medians of repeated rounds. Cases:
   memory       bytes per ESTABLISHED connection (RSS delta / count)
   expiry       the longest pause of a packet loop while its connections expire
   replay       `lvs replay` packets/s on a generated capture
+  sim          `lvs sim` simulated packets/s (every one through Engine.receive, with
+               the capacity model and the packets built around it) on a fixed small
+               workload, rr and wlc, outputs aside; baseline: the bare loop above on
+               1 k established flows, measured in the same run
   sync         a sync master's cost on established flows (ratio: against no master);
                a backup's entries installed and updated per second
 
@@ -303,6 +307,53 @@ def case_replay(quick):
     emit("replay %s packets" % _size(n), n / seconds, "pkt/s", packets=n)
 
 
+SIM_WORKLOAD = {
+    # Four NAT servers, Pareto-sized responses, short holds: examples/sim-heavy-tail.toml
+    # made smaller (no event, no burst); --quick runs 2 s of its arrivals, the full run 20.
+    "seed": 1, "sample": 0.5, "drain": 10.0,
+    "clients": {"count": 200, "networks": ["198.51.100.0/24"], "skew": 0.6},
+    "arrivals": {"rate": 300.0},
+    "connections": {"protocol": "tcp", "size": {"dist": "pareto", "alpha": 1.3, "min": 4000, "max": 2000000},
+                    "request": 300, "hold": {"dist": "exponential", "mean": 0.2}},
+    "service": {"address": "192.0.2.1", "port": 80, "method": "nat"},
+    "servers": [{"address": "192.0.2.1%d" % k, "capacity": 8, "queue": 100, "speed": 250000.0}
+                for k in range(1, 5)],
+}
+
+
+def case_sim(quick):
+    from lvs.sim import Run, generate_arrivals
+    from lvs.sim_workload import Workload
+    rounds = 1 if quick else 3
+    raw = dict(SIM_WORKLOAD, duration=2.0 if quick else 20.0)
+    wl = Workload(raw, "bench")
+    arrivals = generate_arrivals(wl, wl.seed)
+    engine = engine_with("nat")
+    data = open_flows(engine, 1000)
+    order = [data[i % 1000] for i in range(50000)]
+    table = baseline_table(data)
+    engine = data = None
+
+    def run_bare():
+        t = time.perf_counter()
+        bare_loop(order, table)
+        return len(order), time.perf_counter() - t
+
+    base = timed(run_bare, 3)
+    for sched in ("rr", "wlc"):
+        packets = []
+
+        def run_sim():
+            run = Run(wl, sched, arrivals, wl.seed).run()   # run.wall: the loop, not the setup
+            packets.append(run.packets)
+            return run.packets, run.wall
+
+        rate = timed(run_sim, rounds)
+        emit("sim %s 4 servers %d conns" % (sched, len(arrivals)), rate, "pkt/s", base, sched=sched,
+             conns=len(arrivals), packets=packets[-1])
+        gc.collect()
+
+
 def case_sync(quick):
     """Connection sync: a master's cost on established flows (against the same engine
     with no master, in the same run), and how fast a backup installs and updates."""
@@ -343,7 +394,7 @@ def case_sync(quick):
 
 
 CASES = {"established": case_established, "newconn": case_newconn, "memory": case_memory,
-         "expiry": case_expiry, "replay": case_replay, "sync": case_sync}
+         "expiry": case_expiry, "replay": case_replay, "sim": case_sim, "sync": case_sync}
 
 
 def main(argv):

@@ -1,7 +1,8 @@
 """`lvs sim`: one workload through several schedulers side by side, each in its own
 real Engine on a simulated clock (no model of the schedulers: every connection's
 packets go through Engine.receive). The workload file and its schema are
-lvs/sim_workload.py; the outputs lvs/sim_report.py.
+lvs/sim_workload.py; the connections of a capture (trace-driven runs)
+lvs/sim_capture.py; the outputs lvs/sim_report.py.
 """
 
 import bisect
@@ -16,7 +17,9 @@ from collections import deque
 
 from .errors import ConfigError
 from .flags import IP_VS_DEST_F_OVERLOAD
-from .sim_report import _r, _ratio, percentile, remap_lines, summary_table, write_outputs
+from .sim_report import (_r, _ratio, capture_line, percentile, remap_lines, summary_table,
+                         write_outputs)
+from .sim_capture import capture_arrivals, workload_from_rules
 from .sim_workload import QUANTILES, SimError, load_workload
 
 # ---------------------------------------------------------------- arrivals
@@ -285,6 +288,8 @@ class Run:
         nat = {srv.key: srv.spec.method == "nat" for srv in self.servers}
 
         self.heap, self.seq = [], 0
+        # per client: {server name (None: no destination): connections}
+        self.client_conns = client_conns = [{} for _ in client_addrs]
         self.open = 0
         self.broken = 0
         self.packets = 0
@@ -343,14 +348,18 @@ class Run:
                     win += 1
                     win_first.append({})
                     win_last.append({})
+                cc = client_conns[c]
                 if srv is None:
                     self.no_dest += 1
+                    cc[None] = cc.get(None, 0) + 1
                     if c not in win_first[win]:
                         win_first[win][c] = None
                     continue
+                name = srv.spec.name
+                cc[name] = cc.get(name, 0) + 1
                 if c not in win_first[win]:
-                    win_first[win][c] = srv.spec.name
-                win_last[win][c] = srv.spec.name
+                    win_first[win][c] = name
+                win_last[win][c] = name
                 srv.conns += 1
                 if not srv.up:
                     srv.lost += 1
@@ -581,13 +590,41 @@ def _load_scheduler_files(paths):
     return names
 
 
+def is_capture(path):
+    """Whether the file starts as a pcap or pcapng file does."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d",
+                    b"\x0a\x0d\x0d\x0a")
+
+
 def simulate(workload_path, schedulers=None, scheduler_paths=(), outdir=None, seed=None,
-             stdout=None, stderr=None, plots=True):
-    """Run `lvs sim`; returns the exit status (SimError for a bad workload or argument)."""
+             stdout=None, stderr=None, plots=True, rules=None, service=None, size=None):
+    """Run `lvs sim`; returns the exit status (SimError for a bad workload or argument).
+
+    With `rules`, `workload_path` is a capture and the rules file (as `lvs replay`
+    takes it) gives the service and real servers (lvs/sim_capture.py); `service`
+    (PROTO:VIP:PORT) picks one of several, `size` is the response bytes of
+    connections whose response the capture lacks."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
-    wl = load_workload(workload_path)
+    # Scheduler files first: the rules may name their schedulers.
     loaded = _load_scheduler_files(scheduler_paths)
+    if rules is not None:
+        if not os.path.exists(workload_path):
+            raise SimError("cannot read capture %s: no such file" % workload_path)
+        wl = workload_from_rules(workload_path, rules, service, size)
+    else:
+        if service is not None or size is not None:
+            raise SimError("--service and --size go with a capture and --rules (a workload file "
+                           "gives [service] and connections.size)")
+        if is_capture(workload_path):
+            raise SimError("a capture: give --rules RULES (the service and real servers, as lvs "
+                           "replay takes them), or a workload file with capture = \"PATH\"")
+        wl = load_workload(workload_path)
     names = list(schedulers) if schedulers else list(wl.schedulers)
     for n in loaded:
         if n not in names:
@@ -596,7 +633,10 @@ def simulate(workload_path, schedulers=None, scheduler_paths=(), outdir=None, se
         raise SimError("no scheduler to run")
     seed = wl.seed if seed is None else seed
     outdir = outdir or "sim-%s" % wl.name
-    arrivals = generate_arrivals(wl, seed)
+    if wl.capture is not None:
+        arrivals = capture_arrivals(wl, seed)
+    else:
+        arrivals = generate_arrivals(wl, seed)
     runs = [Run(wl, name, arrivals, seed) for name in names]   # every service first: bad names fail early
     packets = wall = 0
     summaries = []
@@ -607,6 +647,8 @@ def simulate(workload_path, schedulers=None, scheduler_paths=(), outdir=None, se
         summaries.append(run.summary())
         run.engine = None       # its tables are done with: free them before the next run
     plots, why = write_outputs(outdir, wl, seed, runs, summaries, plots=plots)
+    if wl.capture_info is not None:
+        stdout.write(capture_line(wl) + "\n")
     stdout.write(summary_table(summaries))
     for line in remap_lines(summaries):
         stdout.write(line + "\n")
@@ -631,7 +673,8 @@ def _command(args):
     if args.schedulers:
         scheds = [s for s in args.schedulers.split(",") if s]
     try:
-        return simulate(args.workload, scheds, args.scheduler_path, args.output, args.seed)
+        return simulate(args.workload, scheds, args.scheduler_path, args.output, args.seed,
+                        rules=args.rules, service=args.service, size=args.size)
     except SimError as e:
         sys.stderr.write("lvs sim: %s: %s\n" % (args.workload, e))
         return 2
@@ -639,10 +682,19 @@ def _command(args):
 
 def add_subparser(sub):
     p = sub.add_parser("sim", help="run a workload through several schedulers, side by side",
-                       description="Simulate a workload (TOML or JSON; schema in lvs/sim.py) through "
+                       description="Simulate a workload (TOML or JSON; schema in lvs/sim_workload.py), "
+                                   "or the connections of a capture (lvs/sim_capture.py), through "
                                    "each scheduler in its own engine; write a summary, time series, "
                                    "plots and index.md.")
-    p.add_argument("workload", metavar="WORKLOAD", help="the workload file (.toml, else JSON)")
+    p.add_argument("workload", metavar="WORKLOAD|CAPTURE",
+                   help="the workload file (.toml, else JSON), or a capture (pcap, pcapng) with --rules")
+    p.add_argument("--rules", metavar="RULES",
+                   help="with a capture: the service and real servers, as lvs replay takes them")
+    p.add_argument("--service", metavar="PROTO:VIP:PORT",
+                   help="with --rules: the service to simulate, when the rules have several")
+    p.add_argument("--size", type=float, metavar="BYTES",
+                   help="with --rules: response bytes of connections whose response the capture lacks "
+                        "(default: exponential, mean 20000)")
     p.add_argument("--schedulers", metavar="S[,S...]",
                    help="schedulers to compare (default: the workload's, else rr,wlc,sh,mh)")
     p.add_argument("--scheduler-path", action="append", default=[], metavar="FILE",

@@ -56,6 +56,20 @@ def summary_table(summaries):
     return "\n".join(lines) + "\n"
 
 
+def capture_line(wl):
+    """What a trace-driven run took from its capture (None for a synthetic workload)."""
+    info = wl.capture_info
+    if info is None:
+        return None
+    text = "capture %s: %d %s connection%s to %s from %d client%s over %gs" % (
+        info["file"], info["connections"], wl.protocol.upper(), "" if info["connections"] == 1 else "s",
+        wl.service.endpoint, info["clients"], "" if info["clients"] == 1 else "s", wl.duration)
+    if info["responses_drawn"]:
+        text += "; %d with the response in it, %d sized from connections.size" % (
+            info["responses_seen"], info["responses_drawn"])
+    return text
+
+
 def remap_lines(summaries):
     lines = []
     if not summaries or not summaries[0]["remaps"]:
@@ -77,6 +91,8 @@ def write_outputs(outdir, wl, seed, runs, summaries, plots=True):
     meta = {"workload": wl.name, "seed": seed, "duration": wl.duration, "sample": wl.sample,
             "schedulers": [r.sched for r in runs], "servers": [s.name for s in wl.servers],
             "events": [{"at": e.at, "event": e.describe()} for e in wl.events]}
+    if wl.capture_info is not None:
+        meta["capture"] = dict(wl.capture_info)
     with open(os.path.join(outdir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump({"meta": meta, "schedulers": summaries}, f, indent=1)
         f.write("\n")
@@ -113,6 +129,17 @@ def write_outputs(outdir, wl, seed, runs, summaries, plots=True):
          [[s["scheduler"], r["at"], "; ".join(r["events"]), r["clients_compared"], r["moved"],
            r["moved_share"], r["collateral"], r["collateral_share"], r["unscheduled"]]
           for s in summaries for r in s["remaps"]])
+    # per client: where its connections went (the capture's clients, for a trace-driven run)
+    order = [s.name for s in wl.servers]
+    crows = []
+    for run in runs:
+        for c, counts in enumerate(run.client_conns):
+            if counts:
+                named = [n for n in order if n in counts]
+                crows.append([run.sched, str(wl.clients[c]), sum(counts.values()), len(named),
+                              " ".join("%s=%d" % (n, counts[n]) for n in named)
+                              + (" none=%d" % counts[None] if None in counts else "")])
+    _csv(os.path.join(outdir, "clients.csv"), ["scheduler", "client", "conns", "servers", "by_server"], crows)
     levels = [i / 100.0 for i in range(101)]
     qrows = []
     for run in runs:
@@ -198,6 +225,10 @@ def _index(outdir, wl, seed, summaries, plots, why):
              "Seed %d, %g s of arrivals, %s %s service %s, schedulers %s." % (
                  seed, wl.duration, wl.protocol.upper(), wl.service.method, wl.service.endpoint,
                  ", ".join(s["scheduler"] for s in summaries)), ""]
+    if wl.capture_info is not None:
+        lines += ["Trace-driven: the connections (clients, ports, times, request bytes, responses and "
+                  "hold times where the capture has them) are the capture's.", "",
+                  capture_line(wl) + ".", ""]
     if wl.events:
         lines += ["Events: " + "; ".join("%gs %s" % (e.at, e.describe()) for e in wl.events), ""]
     lines += ["```", summary_table(summaries).rstrip("\n"), "```", ""]
@@ -221,6 +252,7 @@ def _index(outdir, wl, seed, summaries, plots, why):
                        ("imbalance.csv", "max/mean and coefficient of variation per sample"),
                        ("remaps.csv", "clients remapped at each event time"),
                        ("events.csv", "every lvsadm command run, its time and status"),
+                       ("clients.csv", "per scheduler and client: its connections and the servers they reached"),
                        ("response_times.csv", "response-time quantiles per scheduler")):
         lines.append("- [%s](%s): %s" % (name, name, what))
     lines.append("")

@@ -1,6 +1,7 @@
 """`lvs sim`: one workload through several schedulers, each in its own real Engine.
 
     lvs sim WORKLOAD [--schedulers rr,wlc,sh,mh] [--scheduler-path FILE]... [-o OUTDIR] [--seed N]
+    lvs sim CAPTURE --rules RULES [--service PROTO:VIP:PORT] [--size BYTES] [the same options]
 
 There is no model of the schedulers here: every connection's packets go
 through `Engine.receive` on a simulated clock, and the real server each one
@@ -30,7 +31,17 @@ the director still sends it is lost.
 Workload file: TOML (`.toml`; tomllib, or the `tomli` package before 3.11) or
 JSON (any other name), one table:
 
-  duration = 120            seconds of arrivals (required, > 0)
+  duration = 120            seconds of arrivals (required, > 0; with a capture: its span,
+                            and a duration keeps the connections that start before it)
+  capture = "PATH"          trace-driven: the connections are a capture's (pcap or pcapng, as
+                            lvs replay reads it; PATH relative to the workload file), those
+                            to the service below: their clients, ports, start times, request
+                            bytes, response bytes where the capture has the server's side
+                            (else connections.size) and hold times (lvs/sim_capture.py). It
+                            replaces [clients] and [arrivals] (an error beside them), and
+                            connections.request and .hold; addresses need not be in the
+                            documentation ranges. `lvs sim CAPTURE --rules RULES` makes such
+                            a workload from a rules file, servers with the default model.
   seed = 1                  default seed (--seed wins); the same seed gives the same run
   schedulers = ["rr", ...]  default list (--schedulers wins); default rr,wlc,sh,mh
   sample = 1.0              seconds between time-series samples (default duration/200)
@@ -107,7 +118,8 @@ in), events.csv (every command and its status, and per event time the share
 of clients whose server changed: among clients that connected both in the
 window before and in the window after, those whose first server after differs
 from their last before; `collateral` counts those where neither server is one
-the events named), response_times.csv (quantiles), plots (PNG and SVG, with
+the events named), clients.csv (per scheduler and client: its connections
+and the servers they reached), response_times.csv (quantiles), plots (PNG and SVG, with
 matplotlib where it is installed) and index.md linking them. The summary is
 printed too ("conns" there are the connections the engine scheduled; refused,
 lost and broken ones among them), with the simulated packets per second: the
@@ -250,12 +262,14 @@ class Dist:
         return v
 
 
-def _address(text, name, allow_v6=True):
+def _address(text, name, strict=True):
+    """An address of the workload; `strict`: within the documentation ranges (a
+    synthetic workload's; a capture's service and servers are what they are)."""
     try:
         addr = ipaddress.ip_address(text)
     except ValueError:
         raise SimError("field %s: not an IP address (got %r)" % (name, text))
-    if not any(addr in net for net in ALLOWED_NETS):
+    if strict and not any(addr in net for net in ALLOWED_NETS):
         raise SimError("field %s: %s is outside the documentation ranges 198.51.100.0/24, "
                        "203.0.113.0/24, 192.0.2.0/24, 2001:db8::/32" % (name, addr))
     return addr
@@ -266,10 +280,10 @@ def _endpoint(addr, port):
 
 
 class ServerSpec:
-    def __init__(self, table, path, service):
+    def __init__(self, table, path, service, strict=True):
         _only(table, path, ("address", "port", "name", "weight", "upper", "lower", "capacity",
                             "queue", "speed", "latency", "method", "initially"))
-        self.address = _address(_get(table, "address", path, (str,)), path + "address")
+        self.address = _address(_get(table, "address", path, (str,)), path + "address", strict)
         if self.address.version != service.address.version:
             raise SimError("field %saddress: %s is not of the service's family" % (path, self.address))
         self.port = _get(table, "port", path, (int,), service.port,
@@ -308,10 +322,11 @@ class ServerSpec:
 
 
 class ServiceSpec:
-    def __init__(self, table, protocol):
+    def __init__(self, table, protocol, strict=True):
         path = "service."
         _only(table, path, ("address", "port", "method", "persistent", "netmask", "flags"))
-        self.address = _address(_get(table, "address", path, (str,), "192.0.2.1"), path + "address")
+        self.address = _address(_get(table, "address", path, (str,), "192.0.2.1"), path + "address",
+                                strict)
         self.port = _get(table, "port", path, (int,), 80, lambda v: 0 < v < 65536, "a port (1-65535)")
         self.method = _get(table, "method", path, (str,), "nat", lambda v: v in METHOD_FLAGS,
                            "nat, dr or tunnel")
@@ -382,22 +397,37 @@ class EventSpec:
 
 
 class Workload:
-    def __init__(self, raw, name="workload"):
+    def __init__(self, raw, name="workload", base_dir=None):
         if not isinstance(raw, dict):
             raise SimError("the workload must be a table (got %s)" % type(raw).__name__)
         _only(raw, "", ("duration", "seed", "schedulers", "sample", "drain", "client_timeout",
                         "sysctls", "clients", "arrivals", "connections", "service", "servers",
-                        "events"))
+                        "events", "capture"))
         self.name = name
-        self.duration = _get(raw, "duration", "", (float,), check=_positive, what="> 0 (seconds)")
+        # Trace-driven: the connections (clients, ports, times, bytes) come from a capture
+        # (lvs/sim_capture.py), read when the run starts; `duration` defaults to its span.
+        self.capture = _get(raw, "capture", "", (str,), None, lambda v: v != "", "a file name")
+        if self.capture is not None:
+            for key in ("arrivals", "clients"):
+                if key in raw:
+                    raise SimError("field %s: give either capture or [%s]: a capture's connections "
+                                   "arrive from its clients at its times" % (key, key))
+            if base_dir is not None:
+                self.capture = os.path.join(base_dir, self.capture)
+        strict = self.capture is None
+        self.duration = _get(raw, "duration", "", (float,), _REQUIRED if strict else None,
+                             check=_positive, what="> 0 (seconds)")
         self.seed = _get(raw, "seed", "", (int,), 1)
         scheds = _get(raw, "schedulers", "", (list,), list(DEFAULT_SCHEDULERS))
         for i, s in enumerate(scheds):
             if not isinstance(s, str) or not s:
                 raise SimError("field schedulers[%d]: must be a scheduler name (got %r)" % (i, s))
         self.schedulers = list(scheds)
-        self.sample = _get(raw, "sample", "", (float,), self.duration / 200, _positive, "> 0")
-        self.drain = _get(raw, "drain", "", (float,), self.duration, _nonneg, ">= 0")
+        self._sample = _get(raw, "sample", "", (float,), None, _positive, "> 0")
+        self._drain = _get(raw, "drain", "", (float,), None, _nonneg, ">= 0")
+        self.sample = self.drain = None
+        if self.duration is not None:
+            self.set_duration(self.duration)
         self.client_timeout = _get(raw, "client_timeout", "", (float,), 5.0, _nonneg, ">= 0")
         self.sysctls = []
         from .config import EngineConfig
@@ -413,6 +443,11 @@ class Workload:
         conns = _table(raw, "connections", "")
         path = "connections."
         _only(conns, path, ("protocol", "size", "request", "hold", "segment"))
+        if not strict:
+            for key in ("request", "hold"):
+                if key in conns:
+                    raise SimError("field %s%s: the capture gives each connection's %s: remove it"
+                                   % (path, key, key))
         self.protocol = _get(conns, "protocol", path, (str,), "tcp", lambda v: v in ("tcp", "udp"),
                              '"tcp" or "udp"')
         self.size = Dist(conns.get("size", {"dist": "exponential", "mean": 20000}), path + "size")
@@ -420,7 +455,7 @@ class Workload:
         self.hold = Dist(conns.get("hold", 0), path + "hold")
         self.segment = _get(conns, "segment", path, (int,), 1460, lambda v: 0 < v <= 65000, "1..65000")
 
-        self.service = ServiceSpec(_table(raw, "service", ""), self.protocol)
+        self.service = ServiceSpec(_table(raw, "service", ""), self.protocol, strict)
         servers = _get(raw, "servers", "", (list,))
         if not servers:
             raise SimError("field servers: at least one server is needed")
@@ -430,12 +465,24 @@ class Workload:
             p = "servers[%d]." % i
             if not isinstance(t, dict):
                 raise SimError("field servers[%d]: must be a table (got %r)" % (i, t))
-            s = ServerSpec(t, p, self.service)
-            for key in (s.name, s.endpoint):
+            s = ServerSpec(t, p, self.service, strict)
+            for key in (s.name,) if s.name == s.endpoint else (s.name, s.endpoint):
                 if key in seen:
                     raise SimError("field %sname: %s is given twice" % (p, key))
                 seen.add(key)
             self.servers.append(s)
+
+        self.events = []
+        for i, t in enumerate(_get(raw, "events", "", (list,), [])):
+            if not isinstance(t, dict):
+                raise SimError("field events[%d]: must be a table (got %r)" % (i, t))
+            self.events.append(EventSpec(t, "events[%d]." % i, i, self.servers, self.duration))
+        self.events.sort(key=lambda e: (e.at, e.index))
+        self.capture_info = None
+        if not strict:
+            self.clients, self.skew = [], 0.0       # lvs/sim_capture.py sets them
+            self.curve, self.bursts = [(0.0, 0.0)], []
+            return
 
         clients = _table(raw, "clients", "")
         path = "clients."
@@ -478,12 +525,12 @@ class Workload:
                                 _get(b, "duration", p, (float,), check=_positive, what="> 0"),
                                 _get(b, "rate", p, (float,), check=_nonneg, what=">= 0")))
 
-        self.events = []
-        for i, t in enumerate(_get(raw, "events", "", (list,), [])):
-            if not isinstance(t, dict):
-                raise SimError("field events[%d]: must be a table (got %r)" % (i, t))
-            self.events.append(EventSpec(t, "events[%d]." % i, i, self.servers, self.duration))
-        self.events.sort(key=lambda e: (e.at, e.index))
+    def set_duration(self, duration):
+        """The run's length, and what defaults to a share of it (a capture's workload
+        learns it from the capture)."""
+        self.duration = duration
+        self.sample = self._sample if self._sample is not None else duration / 200
+        self.drain = self._drain if self._drain is not None else duration
 
     def rate_at(self, t):
         pts = self.curve
@@ -557,6 +604,6 @@ def load_workload(path):
             raw = json.loads(data.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
             raise SimError("not valid JSON: %s" % e)
-    return Workload(raw, os.path.splitext(os.path.basename(path))[0])
+    return Workload(raw, os.path.splitext(os.path.basename(path))[0], os.path.dirname(path))
 
 

@@ -54,6 +54,21 @@ def test_the_sync_case_measures_a_master_and_a_backup(capsys, monkeypatch):
     assert rows["sync backup, entries updated"]["value"] > 0
 
 
+def test_the_sim_case_counts_simulated_packets_against_the_bare_loop(capsys, monkeypatch):
+    """bench/core.py's sim case: a quick run (under a second) of the fixed workload per
+    scheduler, its packets/s beside the bare loop's, and the issue's target line."""
+    from bench import __main__ as bench_main
+    monkeypatch.setattr(core, "timed", lambda fn, rounds: fn()[0] / fn()[1])
+    core.case_sim(quick=True)
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["sched"] for r in rows] == ["rr", "wlc"]
+    for r in rows:
+        assert r["unit"] == "pkt/s" and r["value"] > 0 and r["baseline"] > 0 and r["ratio"] > 0
+        assert r["conns"] > 100 and r["packets"] > 10 * r["conns"]
+    line, = [t for t in bench_main.targets(rows) if "lvs sim" in t[0]]
+    assert line[0].startswith("lvs sim >= 100k simulated pkt/s (%s, worst: " % rows[0]["impl"])
+
+
 def test_the_port_forwarder_rewrites_the_same_on_ethernet_and_tun():
     """bench/portfwd.py's forward() (what bench/ports.py runs over each port choice) turns a
     packet to VIP:port into one to the real server with valid checksums and one TTL less, on an

@@ -267,3 +267,287 @@ def test_scheduler_path(tmp_path):
     status, out, err, res = run_sim(tmp_path, workload(), schedulers=["rr"], scheduler_paths=[path])
     assert status == 0, err
     assert list(res) == ["rr", "p2c"] and res["p2c"]["scheduled"] == res["rr"]["offered"]
+
+
+# ---------------------------------------------------------------- trace-driven: a capture in
+
+def eth():
+    # MACs given: left out, scapy would look them up on the network (slowly, for IPv6)
+    from scapy.all import Ether
+    return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+
+
+CLIENTS = ("198.51.100.21", "198.51.100.22", "203.0.113.23")
+RULES = "".join(["-A -t 192.0.2.1:80 -s rr\n"] +
+                ["-a -t 192.0.2.1:80 -r 192.0.2.1%d:80 -m -w 1\n" % i for i in (1, 2, 3)])
+
+
+def tcp_conn(t, client, port, request, response, hold, vip="192.0.2.1", reply_from=None, ip=None):
+    """One HTTP-like connection as a director's capture shows it: (time, frame) pairs.
+    The replies come from `reply_from` (a real server, before NAT) or the VIP."""
+    from scapy.all import IP, IPv6, TCP, Raw
+    ip = ip or (IPv6 if ":" in vip else IP)
+    src = reply_from or vip
+    c = lambda flags, n=0: eth() / ip(src=client, dst=vip) / TCP(sport=port, dport=80, flags=flags) / Raw(b"q" * n)
+    s = lambda flags, n=0: eth() / ip(src=src, dst=client) / TCP(sport=80, dport=port, flags=flags) / Raw(b"r" * n)
+    pkts = [(t, c("S")), (t + 0.001, s("SA")), (t + 0.002, c("A")), (t + 0.003, c("PA", request))]
+    if response:
+        pkts += [(t + 0.004, s("PA", response)), (t + 0.005, c("A"))]
+    return pkts + [(t + 0.005 + hold, c("FA")), (t + 0.006 + hold, s("FA")), (t + 0.007 + hold, c("A"))]
+
+
+def write_capture(path, pkts):
+    from scapy.all import wrpcap
+    frames = []
+    for t, p in sorted(pkts, key=lambda x: x[0]):
+        p.time = t
+        frames.append(p)
+    wrpcap(str(path), frames)
+
+
+def small_capture(path):
+    """9 TCP connections from 3 clients to 192.0.2.1:80, the replies in it, each
+    with its own request and response bytes and hold time; around them what is not
+    a connection to the service: two UDP flows, a SYN to port 22, an ARP request, a
+    connection whose SYN is missing, and a retransmitted SYN."""
+    from scapy.all import ARP, IP, TCP, UDP, Raw
+    pkts = []
+    for k in range(9):
+        client = CLIENTS[k // 3]
+        pkts += tcp_conn(1.0 + 0.5 * k, client, 40000 + k, 100 + k, 1000 * (k + 1), 0.1 * k)
+    pkts.append((1.0005, eth() / IP(src=CLIENTS[0], dst="192.0.2.1") / TCP(sport=40000, dport=80, flags="S")))
+    pkts.append((0.5, eth() / ARP(psrc=CLIENTS[0], pdst="192.0.2.1")))
+    pkts.append((2.2, eth() / IP(src=CLIENTS[1], dst="192.0.2.1") / TCP(sport=41000, dport=22, flags="S")))
+    pkts.append((2.3, eth() / IP(src=CLIENTS[1], dst="192.0.2.1") / TCP(sport=41001, dport=80, flags="PA")
+                 / Raw(b"x" * 50)))
+    for n, (client, port) in enumerate((("203.0.113.5", 5353), ("203.0.113.6", 5000))):
+        for j in range(3):
+            t = 1.2 + n + 0.1 * j
+            pkts.append((t, eth() / IP(src=client, dst="192.0.2.1") / UDP(sport=port, dport=53) / Raw(b"d" * 30)))
+            pkts.append((t + 0.01, eth() / IP(src="192.0.2.1", dst=client) / UDP(sport=53, dport=port)
+                         / Raw(b"a" * 200)))
+    write_capture(path, pkts)
+    return path
+
+
+def capture_sim(tmp_path, schedulers, rules=RULES, outdir="out", cap=None, **kw):
+    cap = cap or small_capture(tmp_path / "cap.pcap")
+    rpath = tmp_path / "rules"
+    rpath.write_text(rules)
+    out, err = io.StringIO(), io.StringIO()
+    status = sim.simulate(str(cap), schedulers, kw.pop("scheduler_paths", ()), str(tmp_path / outdir), None,
+                          stdout=out, stderr=err, plots=False, rules=str(rpath), **kw)
+    with open(tmp_path / outdir / "summary.json") as f:
+        summary = json.load(f)
+    return status, out.getvalue(), err.getvalue(), summary
+
+
+def clients_csv(path):
+    import csv
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_capture_connections_are_the_capture_s(tmp_path):
+    cap = small_capture(tmp_path / "cap.pcap")
+    rules = tmp_path / "rules"
+    rules.write_text(RULES)
+    wl = sim.workload_from_rules(str(cap), str(rules))
+    arrivals = sim.capture_arrivals(wl, 1)
+    assert [str(a) for a in wl.clients] == list(CLIENTS)
+    # times from the capture's first record (the ARP at 0.5 s); ports, bytes and holds as sent
+    want = [(0.5 + 0.5 * k, k // 3, 40000 + k, 1000 * (k + 1), 0.1 * k + 0.001, 100 + k) for k in range(9)]
+    assert [(round(t, 6), c, p, size, round(hold, 6), req) for t, c, p, size, hold, req in arrivals] == \
+        [(round(t, 6), c, p, size, round(hold, 6), req) for t, c, p, size, hold, req in want]
+    info = wl.capture_info
+    assert (info["connections"], info["clients"], info["responses_seen"], info["midstream"]) == (9, 3, 9, 1)
+    assert wl.duration == pytest.approx(5.807 - 0.5) and wl.sample == pytest.approx(wl.duration / 200)
+    assert [s.endpoint for s in wl.servers] == ["192.0.2.11:80", "192.0.2.12:80", "192.0.2.13:80"]
+    assert wl.schedulers == ["rr", "wlc", "sh", "mh"]
+
+
+def test_capture_rr_splits_exactly_and_sh_keeps_each_client(tmp_path):
+    status, out, err, summary = capture_sim(tmp_path, ["rr", "sh"])
+    assert status == 0 and err == ""
+    assert out.startswith("capture cap.pcap: 9 TCP connections to 192.0.2.1:80 from 3 clients")
+    res = {s["scheduler"]: s for s in summary["schedulers"]}
+    rr = res["rr"]
+    assert rr["offered"] == rr["scheduled"] == rr["completed"] == 9
+    assert [r["conns"] for r in rr["servers"]] == [3, 3, 3]
+    assert [r["engine_conns"] for r in rr["servers"]] == [3, 3, 3]
+    # the responses are the capture's bytes, every one through the director (NAT)
+    assert rr["bytes"] == sum(1000 * (k + 1) for k in range(9))
+    assert rr["engine_drops"] == {} and res["sh"]["engine_drops"] == {}
+    rows = clients_csv(tmp_path / "out" / "clients.csv")
+    assert sorted(r["client"] for r in rows if r["scheduler"] == "rr") == sorted(CLIENTS)
+    sh = [r for r in rows if r["scheduler"] == "sh"]
+    assert sorted(r["client"] for r in sh) == sorted(CLIENTS)
+    assert all(r["conns"] == "3" and r["servers"] == "1" for r in sh), sh
+    # rr sends each client's three (one after the other) to the three servers in turn
+    assert all(r["servers"] == "3" for r in rows if r["scheduler"] == "rr")
+    assert summary["meta"]["capture"]["file"] == "cap.pcap"
+    index = (tmp_path / "out" / "index.md").read_text()
+    assert "Trace-driven" in index and "[clients.csv](clients.csv)" in index
+
+
+def test_capture_udp_flows_and_replies_from_a_real_server(tmp_path):
+    rules = "-A -u 192.0.2.1:53 -s rr\n" + "".join("-a -u 192.0.2.1:53 -r 192.0.2.1%d:53 -m\n" % i for i in (1, 2))
+    status, out, err, summary = capture_sim(tmp_path, ["rr"], rules=rules)
+    assert status == 0, err
+    s, = summary["schedulers"]
+    assert s["offered"] == s["completed"] == 2 and [r["conns"] for r in s["servers"]] == [1, 1]
+    assert s["bytes"] == 2 * 3 * 200      # each flow's three answers
+    # NAT replies captured before the rewrite come from the real server, not the VIP
+    pkts = tcp_conn(1.0, CLIENTS[0], 40000, 10, 4321, 0.0, reply_from="192.0.2.12")
+    write_capture(tmp_path / "one.pcap", pkts)
+    status, out, err, summary = capture_sim(tmp_path, ["rr"], outdir="o2", cap=tmp_path / "one.pcap")
+    assert status == 0 and summary["schedulers"][0]["bytes"] == 4321
+
+
+def test_capture_ipv6_pcapng_vlan(tmp_path):
+    from scapy.all import Dot1Q, IPv6
+    from scapy.utils import PcapNgWriter
+    pkts = []
+    for k in range(4):
+        pkts += tcp_conn(1.0 + k, "2001:db8:c::%d" % (k % 2 + 1), 50000 + k, 50, 3000, 0.0, vip="2001:db8::1")
+    w = PcapNgWriter(str(tmp_path / "v6.pcapng"))
+    for t, p in pkts:
+        q = eth() / Dot1Q(vlan=7) / p[IPv6]
+        q.time = t
+        w.write(q)
+    w.close()
+    rules = "-A -t [2001:db8::1]:80 -s rr\n" + "".join("-a -t [2001:db8::1]:80 -r [2001:db8::1%d]:80 -m\n" % i
+                                                      for i in (1, 2))
+    status, out, err, summary = capture_sim(tmp_path, ["rr", "sh"], rules=rules, cap=tmp_path / "v6.pcapng")
+    assert status == 0, err
+    for s in summary["schedulers"]:
+        assert s["offered"] == s["completed"] == 4 and s["bytes"] == 12000 and s["engine_drops"] == {}
+    rows = clients_csv(tmp_path / "out" / "clients.csv")
+    assert {r["client"] for r in rows} == {"2001:db8:c::1", "2001:db8:c::2"}
+
+
+def test_capture_workload_file_with_capacities_and_events(tmp_path):
+    small_capture(tmp_path / "cap.pcap")
+    wl = {"capture": "cap.pcap", "seed": 3, "drain": 20.0,
+          "service": {"address": "192.0.2.1", "port": 80},
+          "servers": [{"name": "rs%d" % i, "address": "192.0.2.1%d" % i, "capacity": 1, "queue": 0,
+                       "speed": 1e3} for i in (1, 2, 3)],
+          "events": [{"at": 2.0, "action": "fail", "server": "rs1"}]}
+    sub = tmp_path / "w"
+    sub.mkdir()
+    (sub / "cap.pcap").write_bytes((tmp_path / "cap.pcap").read_bytes())   # relative to the workload file
+    status, out, err, res = run_sim(sub, wl, schedulers=["rr", "sh"])
+    assert status == 0, err
+    for s in res.values():
+        assert s["offered"] == 9
+        rs1 = s["servers"][0]
+        assert rs1["conns"] <= 3             # nothing after 2 s (the 4th connection's start is 2 s)
+    # capacity 1, no queue, k + 1 seconds of service each: the ones that overlap are refused
+    assert all(s["refused"] for s in res.values())
+    events = (sub / "out" / "events.csv").read_text()
+    assert "rr,2.0,lvsadm -e -t 192.0.2.1:80 -r 192.0.2.11:80 -m -w 0,0," in events
+    # `duration` keeps the connections that start before it
+    wl["duration"] = 2.0
+    _, _, _, res = run_sim(sub, wl, schedulers=["rr"], outdir="o2")
+    assert res["rr"]["offered"] == 3
+
+
+def test_capture_timed_rules_become_events_and_same_seed_same_output(tmp_path):
+    rules = RULES + "@2.0 -e -t 192.0.2.1:80 -r 192.0.2.11:80 -m -w 0\n"
+    # responses missing from the capture: drawn from --size's constant, else the seed
+    pkts = []
+    for k in range(9):
+        pkts += tcp_conn(1.0 + 0.5 * k, CLIENTS[k % 3], 40000 + k, 100, 0, 0.0)
+    write_capture(tmp_path / "noreply.pcap", pkts)
+    cap = tmp_path / "noreply.pcap"
+    status, out, err, summary = capture_sim(tmp_path, ["rr"], rules=rules, cap=cap, size=5000)
+    assert status == 0, err
+    s, = summary["schedulers"]
+    assert s["bytes"] == 9 * 5000 and "0 with the response in it, 9 sized from connections.size" in out
+    rs1 = s["servers"][0]
+    assert rs1["server"] == "192.0.2.11:80" and rs1["conns"] == 1      # only before 2 s (rr: rs3, rs2, rs1)
+    capture_sim(tmp_path, ["rr", "wlc"], rules=rules, cap=cap, outdir="a")
+    capture_sim(tmp_path, ["rr", "wlc"], rules=rules, cap=cap, outdir="b")
+    for name in sorted(os.listdir(tmp_path / "a")):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    summary_a = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary_a["schedulers"][0]["bytes"] != 9 * 5000       # exponential draws, not --size
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "cannot read capture"),
+    ("garbage", "not a pcap or pcapng file"),
+    ("truncated", "file ends inside"),
+    ("other-vip", "no TCP connection (a client's SYN) to 192.0.2.99:80 in it"),
+    ("no-rules", "a capture: give --rules RULES"),
+    ("two-services", "has 2 services (tcp:192.0.2.1:80, tcp:192.0.2.2:80)"),
+    ("bad-rules", "rules:1:"),
+])
+def test_capture_errors(tmp_path, capsys, case, message):
+    cap = small_capture(tmp_path / "cap.pcap")
+    rules = tmp_path / "rules"
+    rules.write_text(RULES)
+    argv = ["sim", str(cap), "--rules", str(rules), "-o", str(tmp_path / "out")]
+    if case == "missing":
+        argv[1] = str(tmp_path / "nope.pcap")
+    elif case == "garbage":
+        cap.write_bytes(b"this is not a capture at all")
+    elif case == "truncated":
+        cap.write_bytes(cap.read_bytes()[:-10])
+    elif case == "other-vip":
+        rules.write_text(RULES.replace("192.0.2.1:", "192.0.2.99:"))
+    elif case == "no-rules":
+        argv[2:4] = []
+    elif case == "two-services":
+        rules.write_text(RULES + "-A -t 192.0.2.2:80 -s wlc\n")
+    elif case == "bad-rules":
+        rules.write_text("-A -t 192.0.2.1:80 -s\n")
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lvs sim: %s: " % argv[1]) and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_capture_service_picks_one(tmp_path):
+    status, out, err, summary = capture_sim(tmp_path, ["rr"], rules=RULES + "-A -t 192.0.2.2:80 -s wlc\n",
+                                            service="tcp:192.0.2.1:80")
+    assert status == 0 and summary["schedulers"][0]["offered"] == 9
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda w: w.update(arrivals={"rate": 10.0}), "field arrivals: give either capture or [arrivals]"),
+    (lambda w: w.update(clients={"count": 3}), "field clients: give either capture or [clients]"),
+    (lambda w: w.update(connections={"hold": 1.0}), "field connections.hold: the capture gives"),
+    (lambda w: w.update(capture="nope.pcap"), "cannot read capture"),
+])
+def test_capture_workload_errors(tmp_path, capsys, change, message):
+    small_capture(tmp_path / "cap.pcap")
+    wl = {"capture": "cap.pcap", "servers": [{"address": "192.0.2.11"}]}
+    change(wl)
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(wl))
+    assert cli.main(["sim", str(path), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lvs sim: %s: " % path) and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_tutorial_capture(tmp_path, capsys):
+    out = tmp_path / "tut"
+    assert cli.main(["sim", os.path.join(ROOT, "examples", "tutorial.pcap"), "--rules",
+                     os.path.join(ROOT, "examples", "tutorial.rules"), "--schedulers", "rr,wlc",
+                     "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("capture tutorial.pcap: 6 TCP connections to 198.51.100.2:80 from 1 client over 4s; "
+                           "2 with the response in it, 4 sized from connections.size\n")
+    summary = json.loads((out / "summary.json").read_text())
+    for s in summary["schedulers"]:
+        # one DR, one tunnel, one NAT server; one connection at a time, so rr and wlc alike go round
+        assert s["offered"] == s["scheduled"] == s["completed"] == 6 and s["engine_drops"] == {}
+        assert [(r["server"], r["conns"]) for r in s["servers"]] == [
+            ("198.51.100.10:80", 2), ("198.51.100.11:80", 2), ("198.51.100.12:12", 2)]
+        nat = s["servers"][2]
+        assert nat["engine_outpkts"] > 0 and s["servers"][0]["engine_outpkts"] == 0
+    rows = clients_csv(out / "clients.csv")
+    assert [(r["scheduler"], r["client"], r["conns"]) for r in rows] == [("rr", "198.51.100.1", "6"),
+                                                                         ("wlc", "198.51.100.1", "6")]
