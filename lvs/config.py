@@ -109,6 +109,8 @@ class EngineConfig:
             raise ConfigError("invalid value %r for sysctl %s" % (value, name))  # proc_do_sync_threshold
         if name == "sync_ports" and parsed & (parsed - 1):
             raise ConfigError("invalid value %r for sysctl %s" % (value, name))  # proc_do_sync_ports
+        if not all(-0x80000000 <= p <= 0x7FFFFFFF for p in (parsed if isinstance(parsed, tuple) else (parsed,))):
+            raise ConfigError("invalid value %r for sysctl %s" % (value, name))  # proc_dointvec: an int
         lo_hi = _RANGES.get(name)
         if lo_hi and not lo_hi[0] <= parsed <= lo_hi[1]:
             raise ConfigError("invalid value %r for sysctl %s" % (value, name))

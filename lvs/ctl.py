@@ -15,10 +15,12 @@ answers with one JSON object and a newline, and closes. Version 1:
       -> {"pylvs": 1, "status": 0, "packets": N, "sent": N, "drops": {...}}
       a capture run through the engine as `lvs replay` runs it.
   {"pylvs": 1, "op": "stats"}
-      -> {"pylvs": 1, "drops": {...}, "director": {...} or null, "sync": {...}}
+      -> {"pylvs": 1, "drops": {...}, "director": {...} or null, "sync": {...},
+          "conns": N, "defense": {...}}
       the engine's drop counters, with --iface the live side's counters
       (ARP answers, frames to the engine, sent, ring drops per port, vip_owner...),
-      and the sync daemons' counters (lvs/sync.py, lvs/syncmsg.py's REASONS).
+      the sync daemons' counters (lvs/sync.py, lvs/syncmsg.py's REASONS), the
+      entries in the connection table and the defense modes' state (lvs/defense.py).
   {"pylvs": 1, "op": "top"}
       -> {"pylvs": 1, "pid": N, "services": [...], "drops": {...}, "director": {...} or null}
       what `lvs top` draws (lvs/top.py snapshot): each service in ipvsadm -Ln's order with
@@ -33,7 +35,15 @@ answers with one JSON object and a newline, and closes. Version 1:
   {"pylvs": 1, "op": "ping"}  -> {"pylvs": 1, "pid": N, "version": "..."}
   {"pylvs": 1, "op": "stop"}  -> {"pylvs": 1, "stopping": true}
 
-An answer to a request the daemon cannot read is {"pylvs": 1, "error": "..."}.
+An answer to a request the daemon cannot read is {"pylvs": 1, "error": "..."}: not
+UTF-8, not JSON (NaN and Infinity are not; integers have at most 4300 digits; nesting
+too deep), not an object, fields of the wrong type, more than MAX_REQUEST bytes without
+a newline (answered, then the connection is closed unread), no complete request within
+10 s (daemon.CLIENT_TIMEOUT), more than 64 connections open at once ("busy"). The
+daemon serves every connection without blocking, so a slow or silent client delays no
+other; the requests themselves are carried out one at a time, each whole, in the order
+they are complete. The request ends at its first newline, or at the end of what the
+client sends (shutdown(SHUT_WR)); anything after the newline is ignored.
 """
 
 import json
@@ -73,7 +83,7 @@ def request(path, message, timeout=30.0):
             raise NoDaemon(e.strerror or str(e))
         s.sendall(json.dumps(message).encode() + b"\n")
         s.shutdown(socket.SHUT_WR)
-        data = read_line(s)
+        data = read_line(s, limit=None)   # an answer can be long (-Lnc)
     finally:
         s.close()
     if not data:
@@ -81,7 +91,9 @@ def request(path, message, timeout=30.0):
     return json.loads(data.decode())
 
 
-def read_line(sock):
+def read_line(sock, limit=MAX_REQUEST):
+    """One line from `sock` (without its newline), ended by a newline or the end of the
+    stream; reading stops beyond `limit` bytes (None: no limit)."""
     chunks, size = [], 0
     while True:
         chunk = sock.recv(65536)
@@ -89,7 +101,7 @@ def read_line(sock):
             break
         chunks.append(chunk)
         size += len(chunk)
-        if chunk.endswith(b"\n") or size > MAX_REQUEST:
+        if chunk.endswith(b"\n") or (limit is not None and size > limit):
             break
     return b"".join(chunks).rstrip(b"\n")
 

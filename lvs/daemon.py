@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import sys
 import time
 
@@ -36,6 +37,46 @@ NO_SYNC_WITH_WORKERS = {"stdout": "", "status": 255,
 NO_IPV6_WITH_WORKERS = {"stdout": "", "status": 255,
                         "stderr": "lvs daemon: IPv6 services are not available with --workers "
                                   "(the workers' fanout hashes IPv4 only)\n"}
+
+
+# The control socket (lvs/ctl.py): a client has CLIENT_TIMEOUT seconds to send its request,
+# and as long again to read its answer; at most MAX_CLIENTS connections are open at once
+# (more are answered "busy"), holding at most MAX_PENDING bytes of unfinished requests.
+CLIENT_TIMEOUT = 10.0
+MAX_CLIENTS = 64
+MAX_PENDING = 4 * ctl.MAX_REQUEST
+
+
+class _Client:
+    """One control connection: its request as it arrives, then its answer as it leaves."""
+
+    __slots__ = ("sock", "fd", "buf", "out", "deadline", "reading", "closed")
+
+    def __init__(self, sock, deadline):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.buf = bytearray()
+        self.out = None
+        self.deadline = deadline
+        self.reading = True
+        self.closed = False
+
+
+def _parse_int(text):
+    """JSON integers: no more digits than CPython converts (4300), on every interpreter,
+    so that a huge one costs no time."""
+    if len(text) > 4300:
+        raise ValueError("integer of %d digits" % len(text))
+    return int(text)
+
+
+def _no_constant(name):
+    raise ValueError("%s is not JSON" % name)
+
+
+def _short(value, limit=60):
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10 ** 60 else "<a huge integer>"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _has_ipv6(engine):
@@ -64,6 +105,12 @@ class Daemon:
         self.sync_socks = {}     # "master"/"backup" -> (settings, socket): lvs/ports/mcast.py
         self.sync_backlog = []   # messages the master's socket had no room for yet
         self.exports = None      # --procfs, --metrics (lvs/exports.py)
+        self.clients = {}        # fd -> _Client: the open control connections
+        self.client_timeout = CLIENT_TIMEOUT
+        self.pending = 0         # bytes of unfinished requests, all clients
+        self.internal_errors = 0  # requests that tripped a bug (answered with an error)
+        self.timed_out = 0       # control connections closed for silence
+        self.busy_refused = 0    # refused for MAX_CLIENTS
 
     # ---------------------------------------------------------------- clock
 
@@ -103,7 +150,7 @@ class Daemon:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
-        s.listen(16)
+        s.listen(128)
         self.listener = s
 
     def load_rules(self, path):
@@ -152,8 +199,11 @@ class Daemon:
 
     def handle(self, message):
         op = message.get("op")
-        if message.get("pylvs") != ctl.PROTOCOL:
-            return {"error": "unsupported protocol version %r" % message.get("pylvs")}
+        version = message.get("pylvs")
+        if type(version) is not int or version != ctl.PROTOCOL:
+            return {"error": "unsupported protocol version %s" % _short(version)}
+        if not isinstance(op, str):
+            return {"error": "bad request: op must be a string, not %s" % _short(op)}
         if op == "ping":
             return {"pid": os.getpid(), "version": __version__, "socket": self.path,
                     "workers": [os.getpid()] + [pid for pid, _ in self.workers.procs]
@@ -161,7 +211,9 @@ class Daemon:
         if op == "stats":
             answer = {"drops": dict(self.engine.drops),
                       "director": self.director.stats() if self.director is not None else None,
-                      "sync": dict(self.engine.sync_stats)}
+                      "sync": dict(self.engine.sync_stats),
+                      "conns": len(self.engine.conntab),
+                      "defense": self.engine.defense_state()}
             if self.workers:
                 answer = _sum_stats([answer] + self.workers.ask(message))
             return answer
@@ -191,7 +243,8 @@ class Daemon:
         if op == "sysctl":
             # /proc/sys/net/ipv4/vs/*: all of "set" or none (checked on a copy first).
             from .config import EngineConfig
-            changes = message.get("set") or {}
+            changes = message.get("set")
+            changes = {} if changes is None else changes
             if not isinstance(changes, dict):
                 return {"error": "set must be an object of sysctl names and values"}
             changes = {name: str(value) for name, value in changes.items()}
@@ -213,6 +266,10 @@ class Daemon:
             if self.workers:
                 self.workers.ask(message)
             return {"owner": own, "gratuitous_arp": sent}
+        if op in ("adm", "replace"):
+            for key in ("stdin", "prog"):
+                if message.get(key) is not None and not isinstance(message.get(key), str):
+                    return {"error": "%s must be a string" % key}
         if op == "adm":
             from . import adm
             self.tick()
@@ -258,10 +315,13 @@ class Daemon:
             if not isinstance(path, str):
                 return {"error": "feed needs a path"}
             try:
+                if not stat.S_ISREG(os.stat(path).st_mode):
+                    # a FIFO or a device would hold the loop up
+                    return {"status": 1, "error": "%s: not a regular file" % path}
                 return self.feed(path)
-            except (OSError, CaptureError) as e:
+            except (OSError, ValueError, CaptureError) as e:
                 return {"status": 1, "error": str(e)}
-        return {"error": "unknown op %r" % op}
+        return {"error": "unknown op %s" % _short(op)}
 
     def _adm_everywhere(self, message, argv):
         """A command for a daemon with workers (lvs/fanout.py): changes run in
@@ -297,25 +357,186 @@ class Daemon:
             self._follow()
         return {"stdout": out, "stderr": err, "status": status}
 
-    def serve_one(self, conn):
+    def answer(self, data, too_long=False):
+        """The answer line (bytes) to one request line; never raises: a request the
+        daemon cannot read, or one that trips a bug, gets {"error": ...}."""
         try:
-            conn.settimeout(10.0)
-            data = ctl.read_line(conn)
+            if too_long:
+                answer = {"error": "bad request: longer than %d bytes without a newline"
+                                   % ctl.MAX_REQUEST}
+            else:
+                answer = self._answer(data)
+        except Exception as e:
+            # A bug must not take the daemon down, nor be silent: say it once, keep serving.
+            self.internal_errors += 1
+            if self.internal_errors == 1:
+                import traceback
+                self.log("lvs daemon: internal error answering a request (counted; first one "
+                         "shown):\n" + traceback.format_exc())
+            answer = {"error": "internal error: %s: %s" % (type(e).__name__, e)}
+        answer["pylvs"] = ctl.PROTOCOL
+        if self.exports is not None:
             try:
-                message = json.loads(data.decode())
-                if not isinstance(message, dict):
-                    raise ValueError("not an object")
-                answer = self.handle(message)
-            except (ValueError, UnicodeDecodeError) as e:
-                answer = {"error": "bad request: %s" % e}
-            answer["pylvs"] = ctl.PROTOCOL
-            if self.exports is not None:
                 self.exports.publish()  # --procfs follows each lvsadm change before its answer
-            conn.sendall(json.dumps(answer).encode() + b"\n")
-        except OSError:
-            pass  # the client went away
-        finally:
-            conn.close()
+            except Exception as e:
+                self.log("lvs daemon: --procfs: %s" % e)
+        return json.dumps(answer).encode() + b"\n"
+
+    def _answer(self, data):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return {"error": "bad request: not UTF-8 (byte 0x%02x at offset %d)"
+                             % (data[e.start], e.start)}
+        if not text.strip():
+            return {"error": "bad request: empty request"}
+        try:
+            message = json.loads(text, parse_int=_parse_int, parse_constant=_no_constant)
+        except RecursionError:
+            return {"error": "bad request: nested too deeply"}
+        except ValueError as e:
+            return {"error": "bad request: %s" % e}
+        if not isinstance(message, dict):
+            return {"error": "bad request: not a JSON object"}
+        return self.handle(message)
+
+    # The control connections, served without blocking: a client that is slow, silent
+    # or does not read its answer holds up nobody (requests are still handled one at a
+    # time, whole, in the loop).
+
+    def _accept(self):
+        for _ in range(64):
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EINTR, errno.ECONNABORTED, errno.EMFILE,
+                               errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    return  # out of descriptors: the client waits in the backlog
+                raise
+            conn.setblocking(False)
+            if len(self.clients) >= MAX_CLIENTS:
+                self.busy_refused += 1
+                try:
+                    conn.send(json.dumps({"pylvs": ctl.PROTOCOL, "error": "busy: %d control "
+                                          "connections are open" % MAX_CLIENTS}).encode() + b"\n")
+                except OSError:
+                    pass
+                conn.close()
+                continue
+            client = _Client(conn, time.monotonic() + self.client_timeout)
+            self.clients[conn.fileno()] = client
+            self.loop.add_reader(conn, lambda c=client: self._client_read(c))
+
+    def _client_read(self, client):
+        if client.closed:
+            return
+        for _ in range(16):  # at most 1 MiB a turn: the others and the packets go on
+            try:
+                chunk = client.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._client_close(client)
+                return
+            if not chunk:
+                self._client_request(client, bytes(client.buf))   # EOF ends the request
+                return
+            start = len(client.buf)
+            client.buf += chunk
+            self.pending += len(chunk)
+            end = client.buf.find(b"\n", max(0, start))
+            if 0 <= end <= ctl.MAX_REQUEST:
+                self._client_request(client, bytes(client.buf[:end]))
+                return
+            if len(client.buf) > ctl.MAX_REQUEST:
+                self._client_request(client, b"", too_long=True)
+                return
+            if self.pending > MAX_PENDING:
+                self._client_reply(client, {"error": "busy: %d bytes of requests are waiting; "
+                                                     "try again" % self.pending})
+                return
+
+    def _client_request(self, client, data, too_long=False):
+        self.pending -= len(client.buf)
+        client.buf = bytearray()
+        self.loop.remove_reader(client.sock)
+        client.reading = False
+        client.out = memoryview(self.answer(data, too_long))
+        client.deadline = time.monotonic() + self.client_timeout
+        if self.stopping:
+            # The last answer: out before the loop ends, the client's fault if not in a second.
+            try:
+                client.sock.settimeout(1.0)
+                client.sock.sendall(client.out)
+            except OSError:
+                pass
+            self._client_close(client)
+            self.loop.stop()
+            return
+        self._client_write(client, registered=False)
+
+    def _client_reply(self, client, answer):
+        """Answer at once, without reading further."""
+        answer["pylvs"] = ctl.PROTOCOL
+        self.pending -= len(client.buf)
+        client.buf = bytearray()
+        self.loop.remove_reader(client.sock)
+        client.reading = False
+        client.out = memoryview(json.dumps(answer).encode() + b"\n")
+        self._client_write(client, registered=False)
+
+    def _client_write(self, client, registered=True):
+        if client.closed:
+            return
+        while client.out:
+            try:
+                sent = client.sock.send(client.out)
+            except (BlockingIOError, InterruptedError):
+                if not registered:
+                    self.loop.add_writer(client.sock, lambda c=client: self._client_write(c))
+                return
+            except OSError:
+                break  # the client went away
+            client.out = client.out[sent:]
+        if registered:
+            self.loop.remove_writer(client.sock)
+        self._client_close(client, registered=False)
+
+    def _client_close(self, client, registered=True):
+        if client.closed:
+            return
+        client.closed = True
+        if registered:
+            try:
+                self.loop.remove_reader(client.sock)  # as a reader or as a writer
+            except (KeyError, ValueError):
+                pass
+        self.pending -= len(client.buf)
+        client.buf = bytearray()
+        self.clients.pop(client.fd, None)
+        client.sock.close()
+
+    def _client_deadline(self):
+        """The next client timeout, on the loop's clock (which --clock capture holds still)."""
+        if not self.clients:
+            return None
+        first = min(c.deadline for c in self.clients.values())
+        return self.now() + max(0.0, first - time.monotonic())
+
+    def _client_timeouts(self, now):
+        t = time.monotonic()
+        for client in [c for c in self.clients.values() if c.deadline <= t]:
+            self.timed_out += 1
+            if client.reading:
+                # Silent or too slow: say so (if there is room), then hang up.
+                self._client_reply(client, {"error": "timeout: no complete request within %g s"
+                                                     % self.client_timeout})
+                if not client.closed:
+                    client.deadline = t + 1.0   # a last second to read that answer
+            else:
+                self._client_close(client)  # it does not read its answer
 
     def serve_forever(self):
         """Answer requests, and move packets if a director is attached, until
@@ -338,7 +559,9 @@ class Daemon:
                                                     [os.getpid()] + [p for p, _ in self.workers.procs])))
         loop = self.loop = Loop(self.now)
         if self.listener is not None:
+            self.listener.setblocking(False)
             loop.add_reader(self.listener, self._accept)
+            loop.add_timer(self._client_deadline, self._client_timeouts)
         director = self.director
         if director is not None:
             for port in director.ports:
@@ -377,17 +600,6 @@ class Daemon:
         channel = Channel(sock, handle, on_eof=lambda: self.loop.stop())
         self._extra_reader = (channel, channel.readable)
         self.serve_forever()
-
-    def _accept(self):
-        try:
-            conn, _ = self.listener.accept()
-        except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.EINTR):
-                return
-            raise
-        self.serve_one(conn)
-        if self.stopping:
-            self.loop.stop()
 
     def _port_reader(self, port):
         director = self.director
@@ -563,6 +775,10 @@ class Daemon:
             self.workers.stop()
             self.workers = None
         self.detach_live()
+        for client in list(self.clients.values()):
+            client.closed = True
+            client.sock.close()
+        self.clients = {}
         if self.listener is not None:
             self.listener.close()
             self.listener = None

@@ -31,6 +31,13 @@ class Loop:
     def remove_reader(self, fileobj):
         self.sel.unregister(fileobj)
 
+    def add_writer(self, fileobj, callback):
+        """callback() runs when fileobj can be written to (one registration per file:
+        a file is either a reader or a writer at a time)."""
+        self.sel.register(fileobj, selectors.EVENT_WRITE, callback)
+
+    remove_writer = remove_reader
+
     def add_timer(self, deadline, callback):
         self.deadlines.append(deadline)
         self.on_timer.append(callback)

@@ -32,18 +32,49 @@ def call(argv, prog, stdin_text=None, op="adm"):
             "No pylvs daemon answers on %s: start one with `lvs daemon --detach`"
             " (set LVS_SOCKET or --socket for another path).\n" % path)
         return 2
-    if "error" in answer:
-        sys.stderr.write("%s: %s\n" % (prog, answer["error"]))
+    except (OSError, ValueError) as e:
+        # a timeout, a reset, an answer that is no JSON: the daemon is there but failed us
+        sys.stderr.write("%s: no answer from the pylvs daemon on %s: %s\n"
+                         % (prog, path, e.strerror if isinstance(e, OSError) and e.strerror else e))
         return 2
-    sys.stdout.write(answer["stdout"])
-    sys.stderr.write(answer["stderr"])
+    if not isinstance(answer, dict) or "error" in answer or not isinstance(answer.get("status"), int):
+        error = answer.get("error") if isinstance(answer, dict) else None
+        _write(sys.stderr, "%s: %s\n" % (prog, error or "the daemon's answer makes no sense"))
+        return 2
+    _write(sys.stdout, answer.get("stdout") or "")
+    _write(sys.stderr, answer.get("stderr") or "")
     return answer["status"]
+
+
+def _write(stream, text):
+    """Text from the daemon, bytes as they came: what was not UTF-8 in our argv or stdin
+    (surrogate escapes, as Python decodes them) goes back out as those bytes, as
+    ipvsadm would echo them."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "backslashreplace")  # surrogates we did not send
+    raw = getattr(stream, "buffer", None)
+    if raw is None:
+        stream.write(data.decode("utf-8", "replace"))
+        return
+    stream.flush()
+    raw.write(data)
+    raw.flush()
+
+
+def _read_stdin():
+    """All of stdin, undecodable bytes kept (surrogateescape): ipvsadm reads bytes."""
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:
+        return sys.stdin.read()
+    return raw.read().decode("utf-8", "surrogateescape")
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     prog = os.path.basename(sys.argv[0]) or "lvsadm"
-    stdin_text = sys.stdin.read() if _reads_stdin(argv) else None
+    stdin_text = _read_stdin() if _reads_stdin(argv) else None
     return call(argv, prog, stdin_text)
 
 
@@ -64,5 +95,5 @@ def save_main(argv=None):
 def restore_main(argv=None):
     """lvsadm-restore: ipvsadm-restore's script (clear, then -R without # lines), in one step:
     the daemon checks the whole input before it clears anything."""
-    text = "".join(line for line in sys.stdin.read().splitlines(True) if not line.startswith("#"))
+    text = "".join(line for line in _read_stdin().splitlines(True) if not line.startswith("#"))
     return call(["-R"], "lvsadm", text, op="replace")

@@ -6,6 +6,7 @@ applied when the clock reaches SECONDS after the first packet, before any
 packet with that timestamp, in time then file order.
 """
 
+import math
 import socket
 import sys
 
@@ -116,10 +117,15 @@ def load_rules(path):
     """
     initial, timed = [], []
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise ReplayError("cannot read rules %s: %s" % (path, e.strerror))
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ReplayError("%s:%d: not UTF-8 text (byte 0x%02x)"
+                          % (path, data.count(b"\n", 0, e.start) + 1, data[e.start]))
     for number, line in enumerate(lines, 1):
         text = line.strip()
         if not text or text.startswith("#"):
@@ -128,8 +134,10 @@ def load_rules(path):
             head, _, rest = text.partition(" ")
             try:
                 at = float(head[1:])
+                if not math.isfinite(at):
+                    raise ValueError
             except ValueError:
-                raise ReplayError("%s:%d: bad time %r" % (path, number, head))
+                raise ReplayError("%s:%d: bad time %s" % (path, number, _shorten(head)))
             timed.append((at, number, rest))
             continue
         try:
@@ -140,6 +148,11 @@ def load_rules(path):
             initial.append((number, cmd))
     timed.sort(key=lambda t: (t[0], t[1]))
     return initial, timed
+
+
+def _shorten(text, limit=60):
+    text = repr(text)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 _VERSION = {"ipv4": 4, "ipv6": 6}

@@ -281,20 +281,37 @@ _NUMBER = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)\Z")
 _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
 
 
-def _strtol(text):
-    """strtol(text, &end, 10) with *end == '\\0' and no ERANGE, else None."""
-    m = _NUMBER.match(text)
-    if m is None:
+def _c_long(digits):
+    """A strtol digit string ([+-]?[0-9]+) -> int, or None beyond a C long (ERANGE).
+    The digits are counted first: a number of a million digits costs no time (and
+    CPython refuses int() beyond 4300 digits)."""
+    body = digits.lstrip("+-").lstrip("0")
+    if len(body) > 19:
         return None
-    value = int(m.group(1))
+    value = int(digits)
     if value < _LONG_MIN or value > _LONG_MAX:
         return None
     return value
 
 
+def _strtol(text):
+    """strtol(text, &end, 10) with *end == '\\0' and no ERANGE, else None."""
+    m = _NUMBER.match(text)
+    if m is None:
+        return None
+    return _c_long(m.group(1))
+
+
 def _atoi(text):
+    """glibc atoi: (int) strtol(text, NULL, 10): clamped to a long, then cut to 32 bits."""
     m = re.match(r"[ \t\n\v\f\r]*([+-]?[0-9]+)", text)
-    return int(m.group(1)) if m else 0
+    if m is None:
+        return 0
+    value = _c_long(m.group(1))
+    if value is None:
+        value = _LONG_MIN if m.group(1).startswith("-") else _LONG_MAX
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
 
 
 def string_to_number(text, low, high):
@@ -322,7 +339,10 @@ def _parse_fwmark(text):
 
 
 def inet_aton(text):
-    """glibc inet_aton: 4 bytes, or None ("203.0.113" is 203.0.0.113)."""
+    """glibc inet_aton: 4 bytes, or None ("203.0.113" is 203.0.0.113).
+    A NUL is no address (PyPy's inet_aton would stop there, CPython's refuses)."""
+    if "\0" in text:
+        return None
     try:
         return socket.inet_aton(text)
     except (OSError, ValueError, UnicodeError):
@@ -330,7 +350,9 @@ def inet_aton(text):
 
 
 def inet_pton6(text):
-    """glibc inet_pton(AF_INET6): 16 bytes, or None (no scope id, no brackets)."""
+    """glibc inet_pton(AF_INET6): 16 bytes, or None (no scope id, no brackets; no NUL)."""
+    if "\0" in text:
+        return None
     try:
         return socket.inet_pton(socket.AF_INET6, text)
     except (OSError, ValueError, UnicodeError):
@@ -355,7 +377,7 @@ def _proto_name(protocol):
 
 def service_to_port(name, protocol):
     proto = _proto_name(protocol)
-    if proto is None:
+    if proto is None or "\0" in name:
         return -1
     try:
         return socket.getservbyname(name, proto)
@@ -744,8 +766,8 @@ def _opt_mcast_group(pa, tag, arg):
     family, what, first_ok = ((socket.AF_INET6, "IPv6", lambda b: b == 0xFF) if ":" in arg else
                               (socket.AF_INET, "IPv4", lambda b: b & 0xF0 == 0xE0))
     try:
-        group = socket.inet_pton(family, arg)
-    except (OSError, ValueError):
+        group = socket.inet_pton(family, arg) if "\0" not in arg else None
+    except (OSError, ValueError, UnicodeError):
         group = None
     if group is None or not first_ok(group[0]):  # a multicast address
         _fail("invalid %s mcast-group `%s'" % (what, arg))
