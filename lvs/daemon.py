@@ -221,22 +221,14 @@ class Daemon:
             # `lvs top`: the tables with their counts and rates, and the counters.
             from .top import snapshot
             self.tick()
-            view = self.engine
-            if self.workers:
-                from . import adm
-                from .fanout import add_tally
-                view = adm._scratch_copy(self.engine)
-                for answer in self.workers.ask({"pylvs": ctl.PROTOCOL, "op": "tally"}):
-                    if answer is not None:
-                        add_tally(view, answer["tally"])
-            answer = snapshot(view)
+            answer = snapshot(self.view())
             stats = self.handle({"pylvs": ctl.PROTOCOL, "op": "stats"})
             answer.update(pid=os.getpid(), drops=stats["drops"], director=stats["director"])
             return answer
         if op == "tally":
             from .fanout import tally
             self.tick()
-            return {"tally": tally(self.engine)}
+            return {"tally": tally(self.engine, conns=message.get("conns") is True)}
         if op == "stop":
             self.stopping = True
             return {"stopping": True}
@@ -323,11 +315,24 @@ class Daemon:
                 return {"status": 1, "error": str(e)}
         return {"error": "unknown op %s" % _short(op)}
 
+    def view(self, conns=False):
+        """The engine to list: with --workers, a copy of its tables with every worker's
+        counts added (lvs/fanout.py), and with `conns` their connections' procfs rows."""
+        if not self.workers:
+            return self.engine
+        from . import adm
+        from .fanout import add_tally
+        view = adm._scratch_copy(self.engine)
+        for answer in self.workers.ask({"pylvs": ctl.PROTOCOL, "op": "tally", "conns": conns}):
+            if answer is not None:
+                add_tally(view, answer["tally"])
+        return view
+
     def _adm_everywhere(self, message, argv):
         """A command for a daemon with workers (lvs/fanout.py): changes run in
         every process, listings add every process up."""
         from . import adm
-        from .fanout import add_tally, merge_connection_listings
+        from .fanout import merge_connection_listings
         prog = message.get("prog") or "ipvsadm"
         kind = adm.command_kind(argv, prog)
         if kind == "connections":
@@ -335,11 +340,7 @@ class Daemon:
             texts = [out] + [(a or {}).get("stdout", "") for a in self.workers.ask(message)]
             return {"stdout": merge_connection_listings(texts), "stderr": err, "status": status}
         if kind == "services":
-            view = adm._scratch_copy(self.engine)
-            for answer in self.workers.ask({"pylvs": ctl.PROTOCOL, "op": "tally"}):
-                if answer is not None:
-                    add_tally(view, answer["tally"])
-            out, err, status = adm.run(view, argv, None, prog=prog)
+            out, err, status = adm.run(self.view(), argv, None, prog=prog)
             return {"stdout": out, "stderr": err, "status": status}
         if kind == "change":
             # The workers' fanout program hashes IPv4 only (lvs/fanout.py): refuse what would
@@ -591,6 +592,9 @@ class Daemon:
         self.worker_index = index
         self.changes = None
         self.director.become_worker()
+        if self.exports is not None:
+            self.exports.forget()   # --procfs and --metrics are the daemon's
+            self.exports = None
 
         def handle(message):
             answer = self.handle(message)
@@ -792,8 +796,6 @@ def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic",
           ifaces=(), state_path=None, log_path=None, ring=True, workers=1, standby=False,
           max_conns=None, sysctls=(), procfs=None, metrics=None, scheduler_paths=()):
     """`lvs daemon`: returns the exit status."""
-    if workers > 1 and (procfs or metrics):
-        raise DaemonError("--procfs and --metrics are not available with --workers yet")
     if max_conns is not None and max_conns < 1:
         raise DaemonError("--max-conns: at least 1")
     if standby and not ifaces:

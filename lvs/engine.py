@@ -93,6 +93,8 @@ class Engine(PacketPath, PacketPath6, IcmpSender, Tables, Timers, Sync, Defense)
         # internal_error (so sys.exc_info() and exc.__traceback__ are the bug's), or None.
         # It may record the traceback, or re-raise. Never read on a packet's normal path.
         self.on_internal_error = None
+        # With --workers, the copy a listing is made on holds each worker's tally (lvs/fanout.py).
+        self.worker_parts = []
         self.fast = None
         self.set_fastpath(enabled_by_default() if fastpath is None else fastpath)
 

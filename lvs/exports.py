@@ -4,7 +4,9 @@ The daemon holds one Exports (lvs/daemon.py calls open() before detaching, so a 
 a busy port stops the start; start(loop) once its loop runs; publish() after each control
 request; close() on the way out). --procfs rewrites DIR/net/ip_vs* (lvs/procfs.py) at most
 once a second and before each lvsadm command is answered; --metrics serves Prometheus
-(lvs/metrics.py) from a thread that asks the loop for a snapshot at each scrape.
+(lvs/metrics.py) from a thread that asks the loop for a snapshot at each scrape. With
+--workers both show the daemon and its workers added up (Daemon.view), as the kernel's files
+add up its CPUs, and ip_vs_stats_percpu has a row per process.
 """
 
 PERIOD = 1.0  # seconds between two --procfs rewrites, at most
@@ -70,7 +72,7 @@ class Exports:
         daemon = self.daemon
         daemon.tick()
         try:
-            self.writer.write(daemon.engine)
+            self.writer.write(daemon.view(conns=True))
         except OSError as e:
             daemon.log("lvs daemon: --procfs: %s" % e)
         self.next = daemon.now() + PERIOD
@@ -82,10 +84,21 @@ class Exports:
 
         def take():
             daemon.tick()
-            return snapshot(daemon.engine, daemon.director)
+            if not daemon.workers:
+                return snapshot(daemon.engine, daemon.director)
+            snap = snapshot(daemon.view())
+            snap["director"] = daemon.handle({"pylvs": 1, "op": "stats"})["director"] or None
+            return snap
         if self.call is None:
             return take()
         return self.call.call(take)
+
+    def forget(self):
+        """In a forked worker: let go of the inherited socket; the files are the daemon's."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        self.writer = None
 
     def close(self):
         """Stop serving, remove the files."""

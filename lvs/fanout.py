@@ -110,9 +110,21 @@ def _stats_tuple(st):
     return [list(st.kstats), list(st.zero), [st.cps, st.inpps, st.outpps, st.inbps, st.outbps]]
 
 
-def tally(engine):
-    """What a worker adds to a listing: per service and real server, the counts and stats."""
-    out = {}
+def tally(engine, conns=False):
+    """What a worker adds to a listing: per service and real server, the counts and stats;
+    under "_proc" its totals, live counters, drops, fast-path hits and table entries (for
+    --procfs and --metrics), and with `conns` its rows of /proc/net/ip_vs_conn{,_sync}."""
+    from .flags import IP_VS_CONN_F_TEMPLATE
+    templates = sum(1 for cp in engine.conntab.conns.values() if cp.flags & IP_VS_CONN_F_TEMPLATE)
+    live = engine.tot_stats.counters()
+    proc = {"tot": _stats_tuple(engine.tot_stats), "live": list(live), "drops": dict(engine.drops),
+            "fast": 0 if engine.fast is None else engine.fast.hits,
+            "entries": [len(engine.conntab.conns) - templates, templates]}
+    if conns:
+        from . import procfs
+        proc["conn"] = procfs.ip_vs_conn(engine).split("\n", 1)[1]
+        proc["conn_sync"] = procfs.ip_vs_conn_sync(engine).split("\n", 1)[1]
+    out = {"_proc": proc}
     for svc in engine.services.values():
         out[_svc_id(svc)] = [_stats_tuple(svc.stats),
                              {"%s/%d" % (d.addr.hex(), d.port):
@@ -133,7 +145,12 @@ def _add_stats(st, t):
 
 
 def add_tally(engine, t):
-    """Add a worker's tally into `engine` (a scratch copy made for one listing)."""
+    """Add a worker's tally into `engine` (a scratch copy made for one listing); its "_proc"
+    part is added to the totals and kept in engine.worker_parts."""
+    proc = t.get("_proc")
+    if proc is not None:
+        _add_stats(engine.tot_stats, proc["tot"])
+        engine.worker_parts.append(proc)
     for svc in engine.services.values():
         entry = t.get(_svc_id(svc))
         if entry is None:

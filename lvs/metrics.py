@@ -41,6 +41,7 @@ WSGI server) and asks the loop for a snapshot through LoopCall.
 import ipaddress
 import socket
 import threading
+from collections import Counter
 
 from . import __version__
 from .flags import IP_VS_CONN_F_TEMPLATE
@@ -103,14 +104,24 @@ def snapshot(engine, director=None):
             for i, v in enumerate(dest.stats.shown()):
                 row[3 + i] += v
     templates = sum(1 for cp in engine.conntab.conns.values() if cp.flags & IP_VS_CONN_F_TEMPLATE)
+    conns = len(engine.conntab.conns) - templates
     live = engine.tot_stats.counters()
+    packets = live[1] + live[2]
+    drops = Counter(engine.drops)
     fast = engine.fast
+    hits = None if fast is None else fast.hits
+    for part in engine.worker_parts:   # --workers: the copy holds each worker's part
+        drops.update(part["drops"])
+        packets += part["live"][1] + part["live"][2]
+        hits = None if hits is None else hits + part["fast"]
+        conns += part["entries"][0]
+        templates += part["entries"][1]
     snap = {
         "totals": tuple(engine.tot_stats.shown()),
         "backends": backends,
-        "drops": dict(engine.drops),
-        "fastpath": None if fast is None else (fast.hits, live[1] + live[2]),
-        "entries": {"connection": len(engine.conntab.conns) - templates, "template": templates},
+        "drops": dict(drops),
+        "fastpath": None if hits is None else (hits, packets),
+        "entries": {"connection": conns, "template": templates},
         "sync_daemons": [(state, cfg.get("mcast_ifn", ""), cfg.get("syncid", 0))
                          for state, cfg in sorted(engine.sync_daemons.items())],
         "sync": dict(engine.sync_stats),

@@ -4,7 +4,8 @@ Pure functions, engine -> text, one per file:
 
   ip_vs               ip_vs_info_seq_show      services and real servers
   ip_vs_stats         ip_vs_stats_show         the totals and rates, in hex
-  ip_vs_stats_percpu  ip_vs_stats_percpu_show  per-CPU counters (pylvs is one CPU: row 0)
+  ip_vs_stats_percpu  ip_vs_stats_percpu_show  per-CPU counters (a process is a CPU: row 0, and
+                                               with --workers one row per worker)
   ip_vs_conn          ip_vs_conn_seq_show      connections and templates
   ip_vs_conn_sync     ip_vs_conn_sync_seq_show the same with their origin (LOCAL/SYNC)
 
@@ -129,14 +130,16 @@ def ip_vs_stats(engine):
 
 
 def ip_vs_stats_percpu(engine):
-    """/proc/net/ip_vs_stats_percpu: one CPU, its live counters."""
+    """/proc/net/ip_vs_stats_percpu: a row of live counters per CPU; a process is one CPU
+    (with --workers, the daemon is CPU 0 and its workers follow)."""
     st = engine.tot_stats
     live = _u64(st.counters())
     shown = _u64(st.shown())
     rates = _u64(st.rates())
+    rows = [live] + [_u64(part["live"]) for part in engine.worker_parts]
     return ("       Total Incoming Outgoing         Incoming         Outgoing\n"
             "CPU    Conns  Packets  Packets            Bytes            Bytes\n"
-            + "%3X %8X %8X %8X %16X %16X\n" % ((0,) + live)
+            + "".join("%3X %8X %8X %8X %16X %16X\n" % ((cpu,) + row) for cpu, row in enumerate(rows))
             + "  ~ %8X %8X %8X %16X %16X\n\n" % shown
             + "     Conns/s   Pkts/s   Pkts/s          Bytes/s          Bytes/s\n"
             "    %8X %8X %8X %16X %16X\n" % rates)
@@ -158,6 +161,7 @@ def ip_vs_conn(engine):
         if pe_name and pe_data:
             pe = " %s %s" % (pe_name, pe_data)
         out.append("%-3s %s %04X %s %04X %s %04X %-11s %7u%s\n" % (f + (pe,)))
+    out.extend(part.get("conn", "") for part in engine.worker_parts)
     return "".join(out)
 
 
@@ -169,6 +173,7 @@ def ip_vs_conn_sync(engine):
         f = _conn_fields(engine, cp, now)
         origin = "SYNC" if cp.flags & IP_VS_CONN_F_SYNC else "LOCAL"
         out.append("%-3s %s %04X %s %04X %s %04X %-11s %-6s %7u\n" % (f[:8] + (origin, f[8])))
+    out.extend(part.get("conn_sync", "") for part in engine.worker_parts)
     return "".join(out)
 
 

@@ -102,6 +102,39 @@ def test_listings_add_up_the_workers_tallies():
     assert next(iter(engines[0].services.values())).destinations[0].activeconns == 3
 
 
+def test_procfs_and_metrics_add_up_the_workers():
+    """--procfs and --metrics with --workers: a copy with each worker's tally, as the
+    kernel's files add up its CPUs (a row per process in ip_vs_stats_percpu)."""
+    from scapy.layers.inet import IP, TCP
+
+    from lvs import metrics, procfs
+    engines = []
+    for n, src in enumerate(("198.51.100.7", "198.51.100.8")):
+        e = Engine()
+        adm.run(e, ["-A", "-t", VIP + ":80", "-s", "rr"])
+        adm.run(e, ["-a", "-t", VIP + ":80", "-r", "192.0.2.10:80", "-m"])
+        for port in range(1000, 1002 + n):
+            e.receive(bytes(IP(src=src, dst=VIP) / TCP(sport=port, dport=80, flags="S")), 100.0)
+        e.receive(bytes(IP(src=src, dst=VIP) / TCP(sport=7, dport=22, flags="S")), 100.0)
+        e.expire(102.0)   # the estimator's tick: the totals as listings show them
+        engines.append(e)
+    view = adm._scratch_copy(engines[0])
+    fanout.add_tally(view, json.loads(json.dumps(fanout.tally(engines[1], conns=True))))
+    conn = procfs.ip_vs_conn(view).splitlines()
+    assert len(conn) == 1 + 2 + 3
+    assert procfs.ip_vs_conn(engines[0]).splitlines() == conn[:3]
+    assert len(procfs.ip_vs_conn_sync(view).splitlines()) == 6
+    percpu = procfs.ip_vs_stats_percpu(view).splitlines()
+    assert [line.split()[:2] for line in percpu[2:4]] == [["0", "2"], ["1", "3"]]
+    assert percpu[4].split()[:2] == ["~", "5"]
+    assert procfs.ip_vs_stats(view).splitlines()[2].split()[0] == "5"
+    assert procfs.ip_vs(view).splitlines()[-1].split()[-2:] == ["5", "0"]   # ActiveConn 2 + 3
+    snap = metrics.snapshot(view)
+    assert snap["totals"][0] == 5 and snap["drops"]["no_service"] == 2
+    assert snap["entries"] == {"connection": 5, "template": 0}
+    assert engines[0].worker_parts == [] and len(view.worker_parts) == 1
+
+
 def test_connection_listings_keep_one_heading():
     a = "IPVS connection entries\npro expire state\nTCP 01:00 ESTABLISHED a\n"
     b = "IPVS connection entries\npro expire state\nTCP 02:00 SYN_RECV b\n"
@@ -147,7 +180,8 @@ def topo():
     try:
         for a in CLIENTS + OTHER_CLIENTS:
             t.run("client", ["ip", "addr", "add", a + "/24", "dev", "eth0"], check=True)
-        t.start_daemon("--workers", "2", log_path=os.path.join(t.workdir, "daemon.log"))
+        t.start_daemon("--workers", "2", "--procfs", os.path.join(t.workdir, "proc"),
+                       "--metrics", "127.0.0.1:9187", log_path=os.path.join(t.workdir, "daemon.log"))
         t.setup_realserver("rs1", "dr")
         t.setup_realserver("rs2", "nat")
         t.http_server("rs1", "10", port=80, lifetime=600)
@@ -204,6 +238,28 @@ def test_two_workers_share_nat_and_dr_traffic_and_listings_add_up(topo):
     conns = [line for line in lvsadm(topo, "-Lnc").splitlines()[2:] if line.strip()]
     assert len(conns) == len(answers)                       # every process's connections
     assert len({line.split()[3].split(":")[0] for line in conns}) == len(CLIENTS)
+
+    # --procfs and --metrics show both processes, each a CPU in ip_vs_stats_percpu
+    net = os.path.join(topo.workdir, "proc", "net")
+    deadline = time.monotonic() + 5    # the files are rewritten once a second
+    while time.monotonic() < deadline:
+        with open(os.path.join(net, "ip_vs_conn")) as f:
+            rows = f.read().splitlines()[1:]
+        with open(os.path.join(net, "ip_vs_stats")) as f:
+            total = int(f.read().splitlines()[2].split()[0], 16)
+        if len(rows) == len(answers) and total == len(answers):
+            break
+        time.sleep(0.5)
+    assert len(rows) == len(answers) and total == len(answers)
+    with open(os.path.join(net, "ip_vs_stats_percpu")) as f:
+        percpu = f.read().splitlines()
+    cpus = [line.split() for line in percpu[2:4]]
+    assert [c[0] for c in cpus] == ["0", "1"] and percpu[4].startswith("  ~")
+    assert sum(int(c[1], 16) for c in cpus) == len(answers) and all(int(c[1], 16) for c in cpus)
+    r = topo.python("director", "import urllib.request; print(urllib.request.urlopen("
+                                "'http://127.0.0.1:9187/metrics', timeout=10).read().decode())")
+    metric = [line for line in r.stdout.splitlines() if line.startswith("node_ipvs_connections_total")]
+    assert metric and float(metric[0].split()[-1]) == len(answers), r.stdout[-2000:]
 
 
 @live

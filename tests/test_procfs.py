@@ -375,9 +375,6 @@ def test_daemon_refuses_a_busy_port_and_bad_flags(daemon_sock, tmp_path):
     (tmp_path / "file").write_text("")
     r = _lvs("daemon", "--socket", daemon_sock, "--procfs", str(tmp_path / "file"), "--detach")
     assert r.returncode == 1 and r.stderr.startswith("lvs daemon: --procfs ")
-    r = _lvs("daemon", "--socket", daemon_sock, "--procfs", str(tmp_path), "--workers", "2",
-             "--iface", "lo")
-    assert r.returncode == 1 and "not available with --workers" in r.stderr
 
 
 def test_daemon_keeps_the_files_current_and_serves_metrics(daemon_sock, tmp_path):
