@@ -119,6 +119,48 @@ def test_failed_server_remapping_matches_the_engine(tmp_path, sched, flags, how)
     assert rs2["lost"] == 0
 
 
+@pytest.mark.parametrize("how", ["weight0", "delete"])
+@pytest.mark.parametrize("hit", [True, False])
+def test_dh_remaps_by_destination_only(tmp_path, how, hit):
+    """dh hashes the VIP, never the client: all clients are on one server, and an event moves
+    all of them or none, as a fresh engine asked directly says (a deletion rebuilds dh's
+    table, so it can move them even when it names another server; weight 0 on their server
+    leaves them with no server at all)."""
+    from lvs.sim import Packets
+    e = Engine(mtu=65535)
+    assert adm.run(e, ["-A", "-t", VIP, "-s", "dh"])[2] == 0
+    for i in (1, 2, 3):
+        assert adm.run(e, ["-a", "-t", VIP, "-r", "192.0.2.1%d:80" % i, "-m", "-w", "1"])[2] == 0
+    pk = Packets(False, "tcp")
+    vaddr = bytes([192, 0, 2, 1])
+
+    def server(client, port):
+        e.receive(pk.tcp4(client, vaddr, pk.base(client, vaddr), port, 80, 0x02), 1.0)
+        cp = e.conntab.by_in.get((6, client, port, vaddr, 80))
+        return None if cp is None else "rs%d" % (cp.dest.addr[3] - 10)
+    wl = workload(client_timeout=1.0)
+    (tmp_path / "probe.json").write_text(json.dumps(wl))
+    clients = [c.packed for c in sim.load_workload(str(tmp_path / "probe.json")).clients]
+    before = {server(c, 40000) for c in clients}
+    assert len(before) == 1                       # one server for every client
+    chosen = before.pop()
+    victim = chosen if hit else next(n for n in ("rs1", "rs2", "rs3") if n != chosen)
+    ip = "192.0.2.1%s:80" % victim[2:]
+    args = ["-e", "-t", VIP, "-r", ip, "-m", "-w", "0"] if how == "weight0" else ["-d", "-t", VIP, "-r", ip]
+    assert adm.run(e, args)[2] == 0
+    after = [server(c, 40001) for c in clients]
+
+    wl["events"] = [{"at": 5.0, "action": "fail", "server": victim, "how": how}]
+    status, out, err, res = run_sim(tmp_path, wl, schedulers=["dh"])
+    assert status == 0, err
+    rm, = res["dh"]["remaps"]
+    assert rm["unscheduled"] == after.count(None)
+    assert rm["moved"] == sum(1 for a in after if a is not None and a != chosen)
+    assert rm["moved"] in (0, rm["clients_compared"] - rm["unscheduled"])   # all or none
+    if how == "weight0":
+        assert rm["moved"] == 0 and rm["unscheduled"] == (20 if hit else 0)
+
+
 def test_same_seed_same_outputs(tmp_path):
     wl = workload(events=[{"at": 3.0, "action": "fail", "server": "rs1"},
                           {"at": 6.0, "action": "restore", "server": "rs1"}],
