@@ -114,6 +114,13 @@ def xmit(engine, cp, buf, ihl):
     if saddr is None:
         engine.count_drop("no_tunnel_source")  # no address of the server's family to send from
         return None
+    if overhead(dest, outer6) - (40 if outer6 else 0) + len(buf) > 65535:
+        # A datagram reassembled near 64 KiB has no room for the tunnel's headers. The
+        # kernel's 16-bit lengths wrap (__ip_local_out's htons(skb->len), ip6_local_out's
+        # payload_len 0, the GUE UDP length) and the fragments it then cuts cannot be put
+        # together again: nothing usable reaches the server. It ends here, counted.
+        engine.count_drop("tunnel_oversize")
+        return None
     if inner6:
         dsfield, ttl, df = ((buf[0] & 0x0F) << 4) | (buf[1] >> 4), buf[7], 0
     else:

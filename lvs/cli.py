@@ -146,6 +146,8 @@ def build_parser():
     realserver.add_subparser(sub)
     sim.add_subparser(sub)
     lab.add_subparser(sub)
+    from . import lab_flood
+    lab_flood.add_arguments(sub.choices["lab"])
     ha.add_subparser(sub)
     from . import top
     top.add_subparser(sub)

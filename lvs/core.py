@@ -13,7 +13,7 @@ from . import ipv6, proto_icmp, proto_tcp
 from .checksum import checksum
 from .conntab import IP_VS_CTPL_S_ASSURED, TableFull
 from .control import service_key
-from .defrag import fragment
+from .defrag import Reassembled, fragment
 from .flags import (IP_VS_CONN_F_BYPASS, IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_INACTIVE,
                     IP_VS_CONN_F_MASQ, IP_VS_CONN_F_NOOUTPUT, IP_VS_CONN_F_ONE_PACKET,
                     IP_VS_CONN_F_TEMPLATE, IP_VS_CONN_F_TUNNEL, IP_VS_DEST_F_AVAILABLE,
@@ -89,6 +89,10 @@ class PacketPath:
         """ip_finish_output: send `packet` towards `nexthop` on a path of `mtu`, in
         fragments if it is too big or came in fragments (frag_max_size)."""
         reasm = self._reasm
+        if reasm is not None and packet[0] >> 4 == 4 and not isinstance(reasm, Reassembled):
+            # An IPv6 datagram in an IPv4 tunnel: the outer packet is new. (Once
+            # ip_vs_tunnel_xmit clears IPCB's opt, IPCB->frag_max_size reads IP6CB's srhoff, 0.)
+            reasm = None
         if reasm is None and len(packet) <= mtu:
             self._out.append(Transmit(nexthop, packet))
             return True

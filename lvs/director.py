@@ -23,9 +23,18 @@ module does what the kernel does around IPVS so that the answer reaches the wire
         redirect), NAT real servers' replies and their ICMP errors (the host
         would otherwise forward them unrewritten or drop them noisily). Their
         sets follow lvsadm's changes.
+  load  established connections first: each batch's fast-path packets are
+        handled and sent before the general path works through the rest
+        (lvs/fastpath.py, run's defer). While more than half the receive ring
+        waits, the general path cannot keep up and the kernel is about to drop
+        frames blindly, established ones too: then new connections' SYNs are
+        shed (counted shed_syn; their clients send them again) and the rest is
+        served. PYLVS_ESTABLISHED_FIRST=0 handles batches in arrival order,
+        =order orders them without shedding.
 """
 
 import ipaddress
+import os
 import socket
 import struct
 
@@ -112,7 +121,17 @@ class Director(Director6):
         self._logged = set()        # one-time log lines already said
         self.counters = {"arp_replies": 0, "echo_replies": 0, "to_engine": 0, "sent": 0,
                          "no_route": 0, "not_for_us": 0, "refused": 0,
-                         "na_replies": 0, "ns_sent": 0, "ndp_invalid": 0}
+                         "na_replies": 0, "ns_sent": 0, "ndp_invalid": 0,
+                         "deferred": 0, "shed_syn": 0}
+        # Each batch's fast-path packets are handled and sent before its general-path
+        # ones (PYLVS_ESTABLISHED_FIRST=0: strictly in arrival order, as the engine's
+        # receive_batch does).
+        # And while more than half the receive ring waits (the general path cannot keep
+        # up: the kernel is about to drop frames blindly, established ones too), new
+        # connections' SYNs are shed, counted "shed_syn" (=order: ordering only).
+        mode = os.environ.get("PYLVS_ESTABLISHED_FIRST", "1")
+        self.established_first = mode != "0"
+        self.shed = mode == "1"
 
     # ------------------------------------------------------------ setup
 
@@ -328,7 +347,20 @@ class Director(Director6):
             return
         counters["to_engine"] += len(batch)
         unclaimed = []
-        self.send(engine.receive_batch(batch, now, unclaimed), now)
+        fast = engine.fast
+        if self.established_first and fast is not None:
+            # Established connections first: the fast path's answers go out before
+            # the general path (new connections, state changes) works through the
+            # rest of the batch; each flow keeps its order (FastPath.run's defer).
+            later = []
+            self.send(fast.run(batch, now, unclaimed, defer=later), now)
+            if later and self.shed and port.backlogged():
+                later = self._shed(later)
+            if later:
+                counters["deferred"] += len(later)
+                self.send(engine.receive_batch(later, now, unclaimed), now)
+        else:
+            self.send(engine.receive_batch(batch, now, unclaimed), now)
         vips = self.vips
         for packet in unclaimed:
             if packet[0] >> 4 == 6:
@@ -336,6 +368,14 @@ class Director(Director6):
                     self._refuse6(packet, now)
             elif packet[16:20] in vips:
                 self._refuse(packet, now)
+
+    def _shed(self, packets):
+        """Overload: drop the IPv4 TCP SYNs (no ACK) among the general path's packets,
+        as the wire would have lost them (the clients send them again)."""
+        kept = [p for p in packets if not (p[0] == 0x45 and p[9] == IPPROTO_TCP and len(p) >= 40
+                                            and p[33] & 0x12 == 0x02)]
+        self.counters["shed_syn"] += len(packets) - len(kept)
+        return kept
 
     def _arp(self, port, frame, now):
         parsed = arp.parse(frame)
@@ -462,6 +502,8 @@ class Director(Director6):
 
     def stats(self):
         out = dict(self.counters)
+        if self.engine.fast is not None:
+            out["fastpath_hits"] = self.engine.fast.hits
         out["neigh_failed"] = self.neigh.failed + self.neigh6.failed
         out["vip_owner"] = int(self.vip_owner)
         for port in self.ports:
@@ -469,4 +511,6 @@ class Director(Director6):
             for k, v in port.counters.items():
                 out["%s_%s" % (name, k)] = v
             out["%s_rx_ring_drops" % name] = port.ring_drops()
+            if getattr(port, "ring", None) is not None:
+                out["%s_rx_ring_waiting" % name], out["%s_rx_ring_gap" % name] = port.ring_waiting()
         return out

@@ -29,6 +29,13 @@ moves. Statistics are added up per real server and direction and folded
 into the engine's counters before anything else can read them: before the
 general path or the timers run, and at the end of every batch.
 
+The live director takes each batch in two parts (run's `defer`): the packets
+that take an entry first, sent at once, then the general path's and every
+packet that may depend on one of them (same client address and port, or all
+that follow one whose connection cannot be told so). No flow's packets change
+order, so the tables and counters end as in arrival order; only the order of
+different flows' frames on the wire moves (tests/test_fastpath.py).
+
 Set PYLVS_FASTPATH=0 to run without it; the results are the same, bit for bit.
 """
 
@@ -82,15 +89,30 @@ class FastPath:
         self.pending = []       # accumulators holding counts not yet folded
         self.hits = 0           # packets that took an entry
         self._seen = None       # what the entries were prepared under
+        self._server_ends = frozenset()   # run(defer=...): the ends that are no client's
+        self._servers_seen = None
 
     # ------------------------------------------------------------ the batch
 
-    def run(self, packets, now, unclaimed=None):
-        """Handle packets that arrived at `now`, in order; return what to send, in order."""
+    def run(self, packets, now, unclaimed=None, defer=None):
+        """Handle packets that arrived at `now`, in order; return what to send, in order.
+
+        With `defer` (a list: the live director's "established first"), a packet for the
+        general path is appended to it instead of handled, and so is every later packet
+        that may belong to a connection it touches: one sharing its client's address and
+        port (the end of it that is no service's and no real server's), or every later
+        one after a packet whose connection cannot be told so (not plain IPv4 TCP or UDP:
+        ICMP, fragments, options, IPv6). The caller sends what this returns, then runs
+        `defer` as a batch of its own: each flow keeps its order, and a packet that may
+        depend on the general path's work waits for it. Timers and table changes
+        cannot come between (the batch shares one `now`, and expiry runs first)."""
         engine = self.engine
         if self._seen != self._state():
             self.clear()
         out = engine.expire(now)
+        if defer is not None:
+            held, barrier = set(), False
+            servers = self._servers()
         tcp_get = self.tables[IPPROTO_TCP].get
         udp_get = self.tables[IPPROTO_UDP].get
         pending = self.pending
@@ -134,6 +156,15 @@ class FastPath:
                     e = None
                 elif proto == 17 and not (p[26] or p[27]) and e[0][0] == NAT:
                     e = None  # sent without a checksum: NAT computes a full one
+            if defer is not None and (e is None or held or barrier):
+                if barrier or e is None:
+                    if not barrier:
+                        barrier = self._hold(p, held, servers)
+                    defer.append(p)
+                    continue
+                if p[12:16] + p[20:22] in held or p[16:20] + p[22:24] in held:
+                    defer.append(p)
+                    continue
             if e is None:
                 if pending:
                     self.fold()
@@ -183,6 +214,37 @@ class FastPath:
         if pending:
             self.fold()
         return out
+
+    def _hold(self, p, held, servers):
+        """A general-path packet deferred: hold back its client's end (address and
+        port; the ends of services and real servers are not a client's). True when
+        its connection cannot be told that way: everything after it waits too."""
+        if len(p) < 24 or p[0] != 0x45 or p[9] not in (6, 17) or p[6] & 0x3F or p[7]:
+            return True
+        barrier = True
+        for end in (p[12:16] + p[20:22], p[16:20] + p[22:24]):
+            if end not in servers:
+                held.add(end)
+                barrier = False
+        return barrier
+
+    def _servers(self):
+        """The IPv4 address+port ends of every service and real server (trash included)."""
+        engine = self.engine
+        seen = (engine.generation, len(engine.trash))
+        if self._servers_seen != seen:
+            ends = set()
+            for svc in engine.services.values():
+                if not svc.fwmark and len(svc.addr) == 4:
+                    ends.add(svc.addr + svc.port.to_bytes(2, "big"))
+                for dest in svc.destinations:
+                    if len(dest.addr) == 4:
+                        ends.add(dest.addr + dest.port.to_bytes(2, "big"))
+            for dest in engine.trash:
+                if len(dest.addr) == 4:
+                    ends.add(dest.addr + dest.port.to_bytes(2, "big"))
+            self._server_ends, self._servers_seen = frozenset(ends), seen
+        return self._server_ends
 
     def _encapsulate(self, p, tot, outer, prefix, base, gue):
         """ip_vs_tunnel_xmit with everything the connection fixes prepared."""

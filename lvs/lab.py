@@ -624,13 +624,17 @@ class Topology:
     def lvsadm_save(self, *args, timeout=30):
         return self.run("director", [sys.executable, "-c", _LVSADM_SAVE] + list(args), timeout=timeout)
 
-    def start_daemon(self, *extra, log_path=None, timeout=30, role="director"):
-        """`lvs daemon --iface eth0 --detach` in a director; LabError if it does not start."""
+    def start_daemon(self, *extra, log_path=None, timeout=30, role="director", python=None):
+        """`lvs daemon --iface eth0 --detach` in a director (with `python`, another
+        interpreter than ours: .venv-pypy/bin/python); LabError if it does not start."""
         args = ["daemon", "--iface", IFACE, "--detach"]
         if log_path:
             args += ["--log", log_path]
         self._daemons.add(role)
-        r = self.lvs(role, *(args + list(extra)), timeout=timeout)
+        if python:
+            r = self.run(role, [python, "-m", "lvs"] + args + list(extra), timeout=timeout)
+        else:
+            r = self.lvs(role, *(args + list(extra)), timeout=timeout)
         if r.returncode != 0:
             raise LabError("lvs %s: %s" % (" ".join(args), (r.stderr or r.stdout).strip()))
         return r

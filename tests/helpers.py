@@ -127,6 +127,11 @@ class FakePort:
     def ring_drops(self):
         return 0
 
+    backlog = False     # what backlogged() answers: more than half the ring waits
+
+    def backlogged(self):
+        return self.backlog
+
 
 # ipvsadm transcripts recorded by the kernel oracle (tests/test_adm.py, test_cli_v6.py)
 

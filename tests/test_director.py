@@ -210,3 +210,64 @@ def test_a_vip_port_no_service_claims_is_refused_as_a_closed_local_port(rig):
     d.receive(port, [bytes(Ether(src=CLIENT_MAC, dst=MAC) / IP(src=CLIENT, dst=VIP) /
                            TCP(sport=40001, dport=81, flags="R"))], 3.0)
     assert len(port.sent) == n and d.counters["refused"] == 2
+
+
+def _established(d, port, host_arp):
+    """One NAT connection, ESTABLISHED with its fast-path entry; its next data segment.
+    (The order and the shedding need the fast path: it is on here even under PYLVS_FASTPATH=0.)"""
+    d.engine.set_fastpath(True)
+    host_arp[socket.inet_aton(RS)] = (RS_MAC, "eth0")
+    host_arp[socket.inet_aton(CLIENT)] = (CLIENT_MAC, "eth0")
+    d.receive(port, [syn()], 1.0)
+    ack = Ether(src=CLIENT_MAC, dst=MAC) / IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=80, flags="A")
+    d.receive(port, [bytes(ack)], 1.0)
+    return bytes(Ether(src=CLIENT_MAC, dst=MAC) / IP(src=CLIENT, dst=VIP)
+                 / TCP(sport=40000, dport=80, flags="PA") / b"GET / HTTP/1.1\r\n\r\n")
+
+
+def _spoofed(n):
+    return bytes(Ether(src=CLIENT_MAC, dst=MAC) / IP(src="203.0.113.%d" % n, dst=VIP)
+                 / TCP(sport=1024 + n, dport=80, flags="S"))
+
+
+def test_established_segments_go_out_before_the_new_connections_of_their_batch(rig):
+    d, port, engine, nft, host_arp, _ = rig
+    data = _established(d, port, host_arp)
+    host_arp.update({socket.inet_aton("203.0.113.%d" % n): (CLIENT_MAC, "eth0") for n in range(1, 4)})
+    sent = len(port.sent)
+    d.receive(port, [_spoofed(1), _spoofed(2), data, _spoofed(3)], 2.0)
+    out = [Ether(f) for f in port.sent[sent:]]
+    assert len(out) == 4 and out[0][TCP].flags == "PA" and all(f[TCP].flags == "S" for f in out[1:])
+    assert [f[IP].src for f in out[1:]] == ["203.0.113.1", "203.0.113.2", "203.0.113.3"]
+    assert d.counters["deferred"] >= 3 and d.counters["shed_syn"] == 0
+    assert len(engine.conn_list()) == 4
+
+
+def test_while_the_ring_backs_up_new_connections_are_shed_and_established_ones_served(rig):
+    d, port, engine, nft, host_arp, _ = rig
+    data = _established(d, port, host_arp)
+    port.backlog = True
+    sent = len(port.sent)
+    fin = bytes(Ether(src=CLIENT_MAC, dst=MAC) / IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=80, flags="FA"))
+    d.receive(port, [_spoofed(1), data, _spoofed(2), fin], 2.0)
+    out = [Ether(f) for f in port.sent[sent:]]
+    assert [str(f[TCP].flags) for f in out] == ["PA", "FA"]     # the FIN is no SYN: it is kept
+    assert d.counters["shed_syn"] == 2 and len(engine.conn_list()) == 1
+    assert engine.drops == {} or sum(engine.drops.values()) == 0   # shed, not an engine drop
+
+
+@pytest.mark.parametrize("mode", ["0", "order"])
+def test_the_batch_order_can_be_arrival_order_or_nothing_shed(rig, monkeypatch, mode):
+    monkeypatch.setenv("PYLVS_ESTABLISHED_FIRST", mode)
+    d0, port0, engine, nft, host_arp, _ = rig
+    d = Director(engine, ["eth0"], changes=None, log=lambda text: None)
+    d.ports, d.by_name, d.addrs, d.routes, d.neigh = d0.ports, d0.by_name, d0.addrs, d0.routes, d0.neigh
+    d.sync()
+    data = _established(d, port0, host_arp)
+    host_arp[socket.inet_aton("203.0.113.1")] = (CLIENT_MAC, "eth0")
+    port0.backlog = True
+    sent = len(port0.sent)
+    d.receive(port0, [_spoofed(1), data], 2.0)
+    flags = [str(Ether(f)[TCP].flags) for f in port0.sent[sent:]]
+    assert flags == (["S", "PA"] if mode == "0" else ["PA", "S"])
+    assert d.counters["shed_syn"] == 0

@@ -42,6 +42,7 @@ PACKET_OUTGOING = 4
 
 # struct tpacket2_hdr: status, len, snaplen, mac, net, sec, nsec, vlan_tci, vlan_tpid
 _HDR = struct.Struct("=IIIHHIIHH")
+_STATUS = struct.Struct("=I")
 _SLL_PKTTYPE = 32 + 10    # sockaddr_ll follows the 32-byte aligned header; pkttype at +10
 
 FRAME_SIZE = 2048         # one Ethernet frame of MTU 1500 and the ring's header, aligned
@@ -61,7 +62,7 @@ class RawPort:
         `fanout`: a PACKET_FANOUT group id to join (lvs/fanout.py)."""
         self.name = ifname
         self.protocol = protocol
-        self.counters = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_ring_drops": 0}
+        self.counters = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_ring_drops": 0, "rx_empty_wakeups": 0}
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         self.ring = None
         try:
@@ -138,10 +139,31 @@ class RawPort:
             ring[base:base + 4] = b"\0\0\0\0"  # TP_STATUS_KERNEL: the slot is the kernel's again
             slot = slot + 1 if slot + 1 < frames else 0
         if slot == self.slot:
+            self.counters["rx_empty_wakeups"] += 1
             self._woken_empty()
         self.slot = slot
         self.counters["rx"] += len(out)
         return out
+
+    def ring_waiting(self):
+        """(frames waiting in the ring, of them not at the slot read next): a gauge,
+        and a check that the kernel and we walk the ring in step."""
+        if self.ring is None:
+            return 0, 0
+        ring, n, waiting, first = self.ring, self.frames, 0, None
+        for i in range(n):
+            if _STATUS.unpack_from(ring, ((self.slot + i) % n) * FRAME_SIZE)[0] & TP_STATUS_USER:
+                waiting += 1
+                if first is None:
+                    first = i
+        return waiting, first or 0
+
+    def backlogged(self):
+        """More than half the receive ring waits to be read (False without a ring)."""
+        if self.ring is None:
+            return False
+        base = ((self.slot + self.frames // 2) % self.frames) * FRAME_SIZE
+        return bool(_STATUS.unpack_from(self.ring, base)[0] & TP_STATUS_USER)
 
     def _recv_plain(self, limit):
         out = []
