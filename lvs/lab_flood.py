@@ -713,6 +713,7 @@ class FloodLab:
         row("  of them by the fast path", [num(p.get("fast_share") and p["fast_share"] * 100, "%.1f %%")
                                            for p in phases])
         for key, label in (("director.eth0_rx_ring_drops", "ring drops (ring full)"),
+                           ("director.eth0_rx_ring_resyncs", "ring resyncs (lvs/ports/raw.py)"),
                            ("drop.table_full", "dropped: table_full"),
                            ("drop.drop_packet", "dropped: drop_packet"),
                            ("director.shed_syn", "shed: SYNs while the ring backs up"),

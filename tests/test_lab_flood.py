@@ -141,5 +141,6 @@ def test_a_short_flood(tmp_path):
     assert fig["table_max"] is not None and fig["table_max"] <= 5000
     counted = during["counters"]
     assert counted.get("drop.table_full", 0) + counted.get("drop.drop_packet", 0) > 0, counted
-    assert counted.get("director.fastpath_hits", 0) > 0
+    # Established packets went by the fast path (unless the run has it off: PYLVS_FASTPATH=0).
+    assert counted.get("director.fastpath_hits", 0) > 0 or os.environ.get("PYLVS_FASTPATH") == "0"
     assert run["answers_dropped_in_client"] > 0     # the servers' SYN-ACKs died in the client

@@ -98,3 +98,23 @@ def test_tun_port_hands_packets_to_the_stack_and_reads_what_is_routed_to_it(in_n
         tun.close()
     # The device lives as long as its descriptor.
     assert "lvsptun0" not in subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
+
+
+def test_raw_port_that_lost_step_with_the_kernels_ring_finds_the_waiting_frames(in_netns):
+    """Our slot ahead of the kernel's head: the frames wait behind us and every wakeup
+    reads nothing. After RESYNC_AFTER such wakeups the port goes to the oldest one."""
+    from lvs.ports import raw
+    port = RawPort("pb", ring=True)
+    try:
+        port.slot = 10                        # the kernel writes from frame 0
+        udp_from_a(in_netns, 3)
+        time.sleep(0.2)
+        for _ in range(raw.RESYNC_AFTER - 1):
+            assert port.recv_batch(64) == []
+        assert port.counters["rx_ring_resyncs"] == 0
+        port.recv_batch(64)
+        assert port.counters["rx_ring_resyncs"] == 1 and port.slot < 10
+        got = [f for f in port.recv_batch(64) if Ether(f).haslayer(UDP)]
+        assert [bytes(Ether(f)[UDP].payload) for f in got] == [b"x0", b"x1", b"x2"]
+    finally:
+        port.close()

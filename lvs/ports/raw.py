@@ -45,6 +45,7 @@ _HDR = struct.Struct("=IIIHHIIHH")
 _STATUS = struct.Struct("=I")
 _SLL_PKTTYPE = 32 + 10    # sockaddr_ll follows the 32-byte aligned header; pkttype at +10
 
+RESYNC_AFTER = 100        # empty wakeups in a row before the ring is searched (_resync)
 FRAME_SIZE = 2048         # one Ethernet frame of MTU 1500 and the ring's header, aligned
 FRAME_COUNT = 1024        # frames in the ring (2 MiB)
 BLOCK_SIZE = 1 << 16      # ring memory is allocated in blocks of whole frames
@@ -62,7 +63,9 @@ class RawPort:
         `fanout`: a PACKET_FANOUT group id to join (lvs/fanout.py)."""
         self.name = ifname
         self.protocol = protocol
-        self.counters = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_ring_drops": 0, "rx_empty_wakeups": 0}
+        self.counters = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_ring_drops": 0, "rx_empty_wakeups": 0,
+                         "rx_ring_resyncs": 0}
+        self._empty_run = 0       # empty wakeups in a row (_resync)
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         self.ring = None
         try:
@@ -141,9 +144,27 @@ class RawPort:
         if slot == self.slot:
             self.counters["rx_empty_wakeups"] += 1
             self._woken_empty()
+            self._empty_run += 1
+            if self._empty_run >= RESYNC_AFTER:
+                slot = self._resync(slot)
+        else:
+            self._empty_run = 0
         self.slot = slot
         self.counters["rx"] += len(out)
         return out
+
+    def _resync(self, slot):
+        """Woken again and again with our slot the kernel's while frames wait elsewhere: we
+        are ahead of the kernel's ring head (seen once under a flood, not understood). The
+        waiting frames then start at the first one after our slot, the oldest; go there."""
+        ring, frames = self.ring, self.frames
+        self._empty_run = 0
+        for i in range(1, frames):
+            at = (slot + i) % frames
+            if _STATUS.unpack_from(ring, at * FRAME_SIZE)[0] & TP_STATUS_USER:
+                self.counters["rx_ring_resyncs"] += 1
+                return at
+        return slot
 
     def ring_waiting(self):
         """(frames waiting in the ring, of them not at the slot read next): a gauge,
