@@ -505,6 +505,7 @@ class Director(Director6):
         if self.engine.fast is not None:
             out["fastpath_hits"] = self.engine.fast.hits
         out["neigh_failed"] = self.neigh.failed + self.neigh6.failed
+        out["neigh_table_fulls"] = self.neigh.table_fulls + self.neigh6.table_fulls
         out["vip_owner"] = int(self.vip_owner)
         for port in self.ports:
             name = port.name + ("_arp" if port.protocol == ETH_P_ARP else "")

@@ -14,6 +14,10 @@ kernel's output path does:
            mcast_solicit requests go out a second apart, then are dropped.
 Entries are trusted for REACHABLE_TIME, then re-confirmed by a new request
 while the old MAC stays in use (the kernel's STALE -> PROBE).
+
+Both stay bounded whatever sources a flood spoofs: the neighbour table as the
+kernel's is (neigh_alloc's gc_thresh2/gc_thresh3 with neigh_forced_gc), and the
+route cache, ours alone (the kernel has none since 3.6), is emptied when full.
 """
 
 import ipaddress
@@ -27,6 +31,10 @@ RETRANS_TIME = 1.0           # retrans_time_ms
 MCAST_SOLICIT = 3
 UNRES_QLEN_BYTES = 212992    # unres_qlen_bytes (SK_WMEM_MAX)
 ROUTE_RELOAD = 1.0           # reread routes at most this often on a miss
+ROUTE_CACHE_MAX = 65536      # destinations remembered before the route cache starts again
+GC_THRESH2 = 512             # neigh/default/gc_thresh2: above it, a forced gc every 5 s
+GC_THRESH3 = 1024            # neigh/default/gc_thresh3: the table's hard size
+GC_MIN_AGE = 5.0             # a forced gc removes entries not confirmed for this long
 
 
 class Routes:
@@ -54,6 +62,8 @@ class Routes:
         for net, gateway, dev in self.table:
             if ip in net:
                 hit = (dev, gateway or addr)
+                if len(self.cache) >= ROUTE_CACHE_MAX:
+                    self.cache = {}
                 self.cache[addr] = hit
                 return hit
         if self.loaded_at is None or now - self.loaded_at >= ROUTE_RELOAD:
@@ -181,6 +191,8 @@ class Neighbours:
         self.entries = {}   # addr -> [mac, confirmed_at, ifname]
         self.pending = {}   # addr -> [ifname, tries, next_try, queue, queued_bytes]
         self.failed = 0     # packets dropped for want of a MAC
+        self.table_fulls = 0  # entries the table had no room for (the kernel's table_fulls)
+        self.last_flush = None
 
     def lookup(self, addr, ifname, now):
         """The MAC for `addr`, or None (then call queue())."""
@@ -201,6 +213,9 @@ class Neighbours:
     def queue(self, addr, ifname, frame_body, now):
         p = self.pending.get(addr)
         if p is None:
+            if addr not in self.entries and not self._room(now):
+                self.failed += 1
+                return
             p = self.pending[addr] = [ifname, 0, now, [], 0]
         if p[4] + len(frame_body) > UNRES_QLEN_BYTES:
             self.failed += 1
@@ -216,10 +231,31 @@ class Neighbours:
         never from unsolicited traffic (arp_accept=0).
         """
         p = self.pending.pop(addr, None)
-        if addr not in self.entries and p is None and not create:
+        if addr not in self.entries and p is None and (not create or not self._room(now)):
             return ()
         self.entries[addr] = [mac, now, ifname]
         return p[3] if p is not None else ()
+
+    def _room(self, now):
+        """Whether a new entry may be made, as neigh_alloc decides: at gc_thresh3 entries, or
+        at gc_thresh2 with no forced gc for 5 s, unused entries older than 5 s go (down to
+        gc_thresh2); with none gone at gc_thresh3 the table is full and the packet dropped.
+        Entries being resolved are in use (their timer holds them) and stay."""
+        n = len(self.entries) + sum(1 for a in self.pending if a not in self.entries)
+        if n < GC_THRESH2 or (n < GC_THRESH3 and self.last_flush is not None
+                              and now - self.last_flush <= GC_MIN_AGE):
+            return True
+        self.last_flush, freed = now, 0
+        for addr, e in list(self.entries.items()):
+            if freed >= n - GC_THRESH2:
+                break
+            if addr not in self.pending and now - e[1] > GC_MIN_AGE:
+                del self.entries[addr]
+                freed += 1
+        if not freed and n >= GC_THRESH3:
+            self.table_fulls += 1
+            return False
+        return True
 
     def due(self, now):
         """Requests to send now: [(addr, ifname)]; drops what waited too long."""

@@ -92,6 +92,42 @@ def test_a_neighbour_that_never_answers_costs_its_queued_packets(rig):
     assert d.neigh.failed == 1 and d.next_deadline() is None
 
 
+def test_the_neighbour_table_is_bounded_as_the_kernels():
+    """gc_thresh3 entries at most: those being resolved stay, and unused ones older than
+    5 s go (down to gc_thresh2) when room is needed; with none to free, the packet is dropped."""
+    from lvs import neigh as neigh_mod
+    table = Neighbours(host_table=dict)
+    addr = [socket.inet_aton("203.0.113.%d" % (i % 250)) + bytes([i // 250]) for i in range(2000)]
+    for i in range(neigh_mod.GC_THRESH3):
+        table.queue(addr[i], "eth0", b"x", 1.0)
+    table.queue(addr[neigh_mod.GC_THRESH3], "eth0", b"x", 1.5)
+    assert len(table.pending) == neigh_mod.GC_THRESH3 and table.table_fulls == 1 and table.failed == 1
+    # The unanswered ones fail and go; learned entries fill the table again.
+    for t in (2.0, 3.0, 4.0, 5.0):
+        table.due(t)
+    assert not table.pending
+    for i in range(neigh_mod.GC_THRESH3):
+        table.learn(addr[i], b"\2" * 6, "eth0", 6.0, create=True)
+    assert not table.learn(addr[1500], b"\2" * 6, "eth0", 7.0, create=True) and table.table_fulls == 2
+    assert addr[1500] not in table.entries
+    table.queue(addr[1500], "eth0", b"x", 12.0)      # all older than 5 s now: half of them go
+    assert addr[1500] in table.pending
+    assert len(table.entries) == neigh_mod.GC_THRESH2 and table.table_fulls == 2
+
+
+def test_the_route_cache_is_bounded(monkeypatch):
+    import ipaddress
+    from lvs import neigh as neigh_mod
+    monkeypatch.setattr(neigh_mod, "ROUTE_CACHE_MAX", 100)
+    routes = Routes(["eth0"], loader=lambda: [(ipaddress.IPv4Network("0.0.0.0/0"),
+                                               socket.inet_aton("198.51.100.1"), "eth0")])
+    routes.load(0.0)
+    for i in range(1000):
+        hop = routes.lookup(socket.inet_aton("203.0.%d.%d" % (i // 250, i % 250)), 1.0)
+        assert hop == ("eth0", socket.inet_aton("198.51.100.1"))
+        assert len(routes.cache) <= 100
+
+
 def test_the_host_neighbour_table_is_used_before_asking(rig):
     d, port, engine, nft, host_arp, _ = rig
     host_arp[socket.inet_aton(RS)] = (RS_MAC, "eth0")
