@@ -50,7 +50,7 @@ TUN_NAMES = ("ipip", "gue", "gre")
 TUN_FLAGS_SHORT = ("-c", "+c", "r+c")
 TUN_FLAG_OPTS = ("--tun-nocsum", "--tun-csum", "--tun-remcsum")
 
-_SCHED_FLAGS = IP_VS_SVC_F_SCHED1 | IP_VS_SVC_F_SCHED2 | IP_VS_SVC_F_SCHED3
+SCHED_FLAGS = IP_VS_SVC_F_SCHED1 | IP_VS_SVC_F_SCHED2 | IP_VS_SVC_F_SCHED3
 
 
 # ---------------------------------------------------------------- names
@@ -109,7 +109,7 @@ def _c_str(value):
     return "(null)" if value is None else value
 
 
-def _fwd_name(conn_flags):
+def fwd_name(conn_flags):
     return {IP_VS_CONN_F_MASQ: "Masq", IP_VS_CONN_F_LOCALNODE: "Local",
             IP_VS_CONN_F_TUNNEL: "Tunnel",
             IP_VS_CONN_F_DROUTE: "Route"}.get(conn_flags & IP_VS_CONN_F_FWD_MASK)
@@ -125,7 +125,7 @@ def _dotted(netmask):
     return socket.inet_ntoa(struct.pack("!I", netmask & 0xFFFFFFFF))
 
 
-def _int32(value):
+def int32(value):
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value & 0x80000000 else value
 
@@ -195,9 +195,9 @@ def _cmp_addrs(a1, a2):
     """The address part of libipvs' comparisons: a1's family decides; IPv6 word
     by word, IPv4 the first word; each difference taken as a C int."""
     if len(a1) != 16:
-        return _int32(_addr_int(a1) - _words(a2)[0])
+        return int32(_addr_int(a1) - _words(a2)[0])
     for w1, w2 in zip(_words(a1), _words(a2)):
-        r = _int32(w1 - w2)
+        r = int32(w1 - w2)
         if r:
             return r
     return 0
@@ -209,13 +209,13 @@ def _af(addr):
 
 def _cmp_services(s1, s2):
     """libipvs ipvs_cmp_services: fwmark, af (IPv4 first), protocol, address, port."""
-    r = _int32(s1.fwmark - s2.fwmark)
+    r = int32(s1.fwmark - s2.fwmark)
     if r:
         return r
     r = _af(s1.addr) - _af(s2.addr)
     if r:
         return r
-    r = _listed_protocol(s1) - _listed_protocol(s2)
+    r = listed_protocol(s1) - listed_protocol(s2)
     if r:
         return r
     r = _cmp_addrs(s1.addr, s2.addr)
@@ -232,7 +232,7 @@ def _cmp_dests(d1, d2):
     return d1.port - d2.port
 
 
-def _listed_protocol(svc):
+def listed_protocol(svc):
     # Over netlink a fwmark service has no protocol, address or port.
     return 0 if svc.fwmark else svc.protocol
 
@@ -265,13 +265,13 @@ def kernel_service_order(engine):
         [svc for bucket in fwm_table for svc in bucket]
 
 
-def _services(engine, sort):
+def listed_services(engine, sort):
     if sort:
         return _msort(list(engine.services.values()), _cmp_services)
     return kernel_service_order(engine)
 
 
-def _dests(svc, sort):
+def listed_dests(svc, sort):
     if sort:
         return _msort(list(svc.destinations), _cmp_dests)
     return list(svc.destinations)
@@ -302,7 +302,7 @@ def _title(fmt):
             "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n")
 
 
-def _sched_flags_text(svc):
+def sched_flags_text(svc):
     """print_sched_flags: the flag names that mean something for the scheduler."""
     names = []
     flags = svc.flags
@@ -326,10 +326,10 @@ def _sched_flags_text(svc):
     return ",".join(names)
 
 
-def _svc_name(svc, numeric, rule):
+def service_name(svc, numeric, rule):
     ipv6 = len(svc.addr) == 16
     if svc.fwmark:
-        mark = _int32(svc.fwmark)  # printed with %d
+        mark = int32(svc.fwmark)  # printed with %d
         if rule:
             return ("-f %d -6" if ipv6 else "-f %d") % mark
         return ("FWM  %d IPv6" if ipv6 else "FWM  %d") % mark
@@ -345,7 +345,7 @@ def _mask_text(svc, option):
     /32, IPv6's a prefix length unless 128."""
     if len(svc.addr) == 16:
         if svc.netmask != 128:
-            return " %s %d" % (option, _int32(svc.netmask))
+            return " %s %d" % (option, int32(svc.netmask))
     elif _u32(svc.netmask) != 0xFFFFFFFF:
         return " %s %s" % (option, _dotted(svc.netmask))
     return ""
@@ -377,7 +377,7 @@ def _dest_counters(stats):
 
 
 def _service_entry(svc, fmt, numeric, exact, sort, out):
-    name = _svc_name(svc, numeric, rule=False)
+    name = service_name(svc, numeric, rule=False)
     if fmt == "stats":
         line = "%-33s" % name + "".join(print_largenum(v, exact)
                                         for v in _svc_counters(svc.stats))
@@ -385,8 +385,8 @@ def _service_entry(svc, fmt, numeric, exact, sort, out):
         line = "%-33s" % name + "".join(print_largenum(v, exact) for v in svc.stats.rates())
     else:
         line = "%s %s" % (name, svc.sched_name)
-        if svc.flags & _SCHED_FLAGS:
-            line += " (%s)" % _sched_flags_text(svc)
+        if svc.flags & SCHED_FLAGS:
+            line += " (%s)" % sched_flags_text(svc)
         if svc.flags & IP_VS_SVC_F_PERSISTENT:
             line += " persistent %u" % _u32(svc.timeout)
             line += _mask_text(svc, "mask")
@@ -396,8 +396,8 @@ def _service_entry(svc, fmt, numeric, exact, sort, out):
             line += " ops"
     out.append(line + "\n")
 
-    for dest in _dests(svc, sort):
-        dname = addrport_to_anyname(dest.addr, dest.port, _listed_protocol(svc), numeric)
+    for dest in listed_dests(svc, sort):
+        dname = addrport_to_anyname(dest.addr, dest.port, listed_protocol(svc), numeric)
         if len(dest.addr) != 16:
             dname = dname[:28]  # dname[28] = '\0', for IPv4 only
         if fmt == "stats":
@@ -419,12 +419,12 @@ def _service_entry(svc, fmt, numeric, exact, sort, out):
         elif fmt == "tun-info":
             info = _tun_info(dest)
             out.append("  -> %-28s %-7s %-13s %-6d %-10u %-10u\n"
-                       % (dname, _c_str(_fwd_name(dest.conn_flags)),
-                          info if info is not None else "n/a", _int32(dest.weight),
+                       % (dname, _c_str(fwd_name(dest.conn_flags)),
+                          info if info is not None else "n/a", int32(dest.weight),
                           _u32(dest.activeconns), _u32(dest.inactconns)))
         else:
             out.append("  -> %-28s %-7s %-6d %-10u %-10u\n"
-                       % (dname, _c_str(_fwd_name(dest.conn_flags)), _int32(dest.weight),
+                       % (dname, _c_str(fwd_name(dest.conn_flags)), int32(dest.weight),
                           _u32(dest.activeconns), _u32(dest.inactconns)))
 
 
@@ -451,7 +451,7 @@ def list_services(engine, numeric=True, fmt="default", exact=False, sort=True,
         out.append("IP Virtual Server version %s (size=%d)\n"
                    % (IPVS_VERSION, getattr(engine, "conn_tab_size", DEFAULT_CONN_TAB_SIZE)))
     out.append(_title(fmt))
-    for svc in _services(engine, sort):
+    for svc in listed_services(engine, sort):
         _service_entry(svc, fmt, numeric, exact, sort, out)
     return "".join(out)
 
@@ -459,8 +459,8 @@ def list_services(engine, numeric=True, fmt="default", exact=False, sort=True,
 def rule_lines(engine, numeric=True, sort=True):
     """ipvsadm -S [-n]: the rules as lines (without newlines)."""
     lines = []
-    for svc in _services(engine, sort):
-        name = _svc_name(svc, numeric, rule=True)
+    for svc in listed_services(engine, sort):
+        name = service_name(svc, numeric, rule=True)
         line = "-A %s -s %s" % (name, svc.sched_name)
         if svc.flags & IP_VS_SVC_F_PERSISTENT:
             line += " -p %u" % _u32(svc.timeout)
@@ -469,13 +469,13 @@ def rule_lines(engine, numeric=True, sort=True):
             line += " --pe %s" % svc.pe_name
         if svc.flags & IP_VS_SVC_F_ONEPACKET:
             line += " -o"
-        if svc.flags & _SCHED_FLAGS:
-            line += " -b " + _sched_flags_text(svc)
+        if svc.flags & SCHED_FLAGS:
+            line += " -b " + sched_flags_text(svc)
         lines.append(line)
-        for dest in _dests(svc, sort):
-            dname = addrport_to_anyname(dest.addr, dest.port, _listed_protocol(svc), numeric)
+        for dest in listed_dests(svc, sort):
+            dname = addrport_to_anyname(dest.addr, dest.port, listed_protocol(svc), numeric)
             head = "-a %s -r %s %s -w %d" % (name, dname, _c_str(_fwd_switch(dest.conn_flags)),
-                                             _int32(dest.weight))
+                                             int32(dest.weight))
             if dest.fwd == IP_VS_CONN_F_TUNNEL:
                 if dest.tun_type == 2:
                     head += " --tun-type gre %s" % _tun_flag(TUN_FLAG_OPTS, dest.tun_flags)

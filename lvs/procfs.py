@@ -43,7 +43,7 @@ from .flags import (
     IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_LOCALNODE, IP_VS_CONN_F_SYNC,
     IP_VS_CONN_F_TUNNEL, IP_VS_SVC_F_ONEPACKET, IP_VS_SVC_F_PERSISTENT,
 )
-from .listing import DEFAULT_CONN_TAB_SIZE, IPVS_VERSION, expire_seconds, kernel_service_order, proto_name
+from .listing import DEFAULT_CONN_TAB_SIZE, IPVS_VERSION, expire_seconds, int32, kernel_service_order, proto_name
 from .tables import HZ
 
 FILES = ("ip_vs", "ip_vs_stats", "ip_vs_stats_percpu", "ip_vs_conn", "ip_vs_conn_sync")
@@ -57,7 +57,7 @@ def hex_addr(addr):
     return addr.hex().upper()
 
 
-def fwd_name(conn_flags):
+def kernel_fwd_name(conn_flags):
     """ip_vs_fwd_name: anything that is not local, tunnel or route is Masq."""
     return {IP_VS_CONN_F_LOCALNODE: "Local", IP_VS_CONN_F_TUNNEL: "Tunnel",
             IP_VS_CONN_F_DROUTE: "Route"}.get(conn_flags & IP_VS_CONN_F_FWD_MASK, "Masq")
@@ -73,12 +73,6 @@ def _netmask_word(svc):
     if len(svc.addr) == 16:
         return _bswap32(svc.netmask)
     return svc.netmask & 0xFFFFFFFF
-
-
-def _int(value):
-    """%d of an int."""
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value & 0x80000000 else value
 
 
 def ip_vs(engine):
@@ -98,7 +92,7 @@ def ip_vs(engine):
             line = "%s  %s:%04X %s %s " % (proto_name(svc.protocol), hex_addr(svc.addr), svc.port,
                                            sched, ops)
         if svc.flags & IP_VS_SVC_F_PERSISTENT:
-            line += "persistent %d %08X\n" % (_int(svc.timeout * HZ), _netmask_word(svc))
+            line += "persistent %d %08X\n" % (int32(svc.timeout * HZ), _netmask_word(svc))
         else:
             line += "\n"
         out.append(line)
@@ -108,8 +102,8 @@ def ip_vs(engine):
             else:
                 head = "  -> %s:%04X" % (hex_addr(dest.addr), dest.port)
             out.append("%s      %-7s %-6d %-10d %-10d\n"
-                       % (head, fwd_name(dest.conn_flags), _int(dest.weight),
-                          _int(dest.activeconns), _int(dest.inactconns)))
+                       % (head, kernel_fwd_name(dest.conn_flags), int32(dest.weight),
+                          int32(dest.activeconns), int32(dest.inactconns)))
     return "".join(out)
 
 

@@ -263,7 +263,7 @@ def workload_from_rules(capture_path, rules_path, service=None, size=None):
     from .engine import Engine
     from .flags import IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_MASQ, IP_VS_CONN_F_TUNNEL, \
         IP_VS_SVC_F_PERSISTENT
-    from .listing import _SCHED_FLAGS, _sched_flags_text
+    from .listing import SCHED_FLAGS, sched_flags_text
     from .replay import ReplayError, load_rules
     if size is not None and not (size >= 0 and math.isfinite(size)):
         raise SimError("--size: must be a number of bytes >= 0 (got %r)" % size)
@@ -279,8 +279,8 @@ def workload_from_rules(capture_path, rules_path, service=None, size=None):
             raise SimError("%s:%d: %s" % (rules_path, number, e.message))
     svc = _pick_service(engine, rules_path, service)
     table = {"address": _ntop(svc.addr), "port": svc.port, "method": "nat"}
-    if svc.flags & _SCHED_FLAGS:
-        table["flags"] = {svc.sched_name: _sched_flags_text(svc)}
+    if svc.flags & SCHED_FLAGS:
+        table["flags"] = {svc.sched_name: sched_flags_text(svc)}
     if svc.flags & IP_VS_SVC_F_PERSISTENT:
         table["persistent"] = int(svc.timeout)
         if len(svc.addr) == 16 and svc.netmask != 128:

@@ -32,15 +32,15 @@ def snapshot(engine):
     and real servers in ipvsadm -Ln's order, with their counts and rates."""
     from . import listing
     services = []
-    for svc in listing._services(engine, True):
-        line = listing._svc_name(svc, True, rule=False)
+    for svc in listing.listed_services(engine, True):
+        line = listing.service_name(svc, True, rule=False)
         dests = []
-        for dest in listing._dests(svc, True):
+        for dest in listing.listed_dests(svc, True):
             dests.append({
                 "name": listing.addrport_to_anyname(dest.addr, dest.port,
-                                                    listing._listed_protocol(svc), True),
-                "fwd": listing._fwd_name(dest.conn_flags) or "?",
-                "weight": listing._int32(dest.weight),
+                                                    listing.listed_protocol(svc), True),
+                "fwd": listing.fwd_name(dest.conn_flags) or "?",
+                "weight": listing.int32(dest.weight),
                 "active": dest.activeconns, "inactive": dest.inactconns,
                 "persistent": dest.persistconns,
                 "overloaded": bool(dest.overloaded),

@@ -142,7 +142,7 @@ def set_backend_stats(engine, stats_listing):
     """Each service's and real server's counters from the recorded -Ln --stats (small numbers,
     printed in full), for the metrics."""
     current = None
-    order = listing._services(engine, sort=True)
+    order = listing.listed_services(engine, sort=True)
     it = iter(order)
     for line in stats_listing.splitlines()[3:]:
         fields = line.split()
