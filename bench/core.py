@@ -9,6 +9,8 @@ are medians of repeated rounds. Cases:
                at 1 k and 1 M flows, fast path on and off; the baseline is the
                bare loop: parse, one dict lookup, address rewrite and
                incremental checksums, nothing else
+  established6 the same for IPv6 (NAT and DR, 1 k flows, no extension headers);
+               baseline: the bare loop's IPv6 form (hop limit, address, checksum)
   newconn      new connections/s (SYNs, each scheduled) per scheduler at 10,
                100, 1 000 and 10 000 real servers; ratio: per-decision cost at
                10 servers over the cost at this size
@@ -144,6 +146,33 @@ def timed(fn, rounds):
 FLOWS = {True: (1000, 100000), False: (1000, 1000000)}   # --quick, full run
 
 
+def compare_paths(name, engine, data, per_round, rounds, bare, table, **extra):
+    """`per_round` packets of the established flows `data`, visited in turn in batches,
+    through `engine` with the fast path on and off, against `bare` over `table`."""
+    flows = len(data)
+    order = [data[i % flows] for i in range(per_round)]
+    batches = [order[i:i + BATCH] for i in range(0, per_round, BATCH)]
+
+    def run_engine():
+        t = time.perf_counter()
+        for b in batches:
+            engine.receive_batch(b, 2.0)
+        return per_round, time.perf_counter() - t
+
+    def run_bare():
+        t = time.perf_counter()
+        bare(order, table)
+        return per_round, time.perf_counter() - t
+
+    base = timed(run_bare, rounds)
+    for fast in (True, False):
+        engine.set_fastpath(fast)
+        engine.receive_batch(data[:BATCH], 2.0)  # learn again
+        rate = timed(run_engine, rounds)
+        emit("%s flows fast=%s" % (name, "on" if fast else "off"), rate, "pkt/s", base, fast=fast, **extra)
+    assert not engine.drops, dict(engine.drops)
+
+
 def case_established(quick):
     sizes = FLOWS[quick]
     rounds = 3 if quick else 5
@@ -153,31 +182,75 @@ def case_established(quick):
             engine = engine_with(method)
             data = open_flows(engine, flows)
             assert len(engine.conntab) == flows, (len(engine.conntab), dict(engine.drops))
-            order = [data[i % flows] for i in range(per_round)]
-            batches = [order[i:i + BATCH] for i in range(0, per_round, BATCH)]
-            table = baseline_table(data)
-
-            def run_engine():
-                t = time.perf_counter()
-                for b in batches:
-                    engine.receive_batch(b, 2.0)
-                return per_round, time.perf_counter() - t
-
-            def run_bare():
-                t = time.perf_counter()
-                bare_loop(order, table)
-                return per_round, time.perf_counter() - t
-
-            base = timed(run_bare, rounds)
-            for fast in (True, False):
-                engine.set_fastpath(fast)
-                engine.receive_batch(data[:BATCH], 2.0)  # learn again
-                rate = timed(run_engine, rounds)
-                emit("established %s %s flows fast=%s" % (method, _size(flows), "on" if fast else "off"),
-                     rate, "pkt/s", base, flows=flows, method=method, fast=fast)
-            assert not engine.drops, dict(engine.drops)
-            engine = data = order = batches = table = None  # free the tables before the next
+            compare_paths("established %s %s" % (method, _size(flows)), engine, data, per_round, rounds,
+                          bare_loop, baseline_table(data), flows=flows, method=method)
+            engine = data = None  # free the tables before the next
             gc.collect()
+
+
+VIP6 = "2001:db8::2"
+VIP6_B = bytes.fromhex("20010db8000000000000000000000002")
+
+
+def segment6(i, flags, payload=b""):
+    """A TCP segment from flow i's client (2001:db8:1::/64) to the IPv6 VIP."""
+    src = bytes.fromhex("20010db8000100000000") + i.to_bytes(6, "big")
+    l4 = struct.pack("!HHIIBBHHH", 10000 + i % 50000, 80, 1, 1, 0x50, flags, 8192, 0x1234, 0) + payload
+    return struct.pack("!IHBB16s16s", 0x60000000, len(l4), 6, 64, src, VIP6_B) + l4
+
+
+def bare_loop6(packets, table):
+    out = []
+    append = out.append
+    get = table.get
+    for p in packets:
+        e = get(p[8:44])
+        if e is None or p[0] >> 4 != 6 or p[7] <= 1:
+            continue
+        addr, port, l4_d = e
+        buf = bytearray(p)
+        buf[7] -= 1
+        buf[24:40] = addr
+        buf[42:44] = port
+        struct.pack_into("!H", buf, 56, apply((p[56] << 8) | p[57], l4_d))
+        append(bytes(buf))
+    return out
+
+
+RS6_B = bytes.fromhex("20010db800020000000000000000000a")   # the first real server, 2001:db8:2::a
+
+
+def engine6_with(method, servers=4):
+    engine = Engine(fastpath=True, director_addr6=bytes.fromhex("20010db8000000000000000000000003"))
+    adm.run(engine, ["-A", "-t", "[%s]:80" % VIP6, "-s", "rr"])
+    for k in range(servers):
+        assert adm.run(engine, ["-a", "-t", "[%s]:80" % VIP6, "-r", "[2001:db8:2::%x]:80" % (10 + k),
+                                METHODS[method]])[2] == 0
+    return engine
+
+
+def open_flows6(engine, n):
+    """n IPv6 flows taken to ESTABLISHED; returns one data segment per flow."""
+    for flag in (0x02, 0x10):
+        for i in range(0, n, BATCH):
+            engine.receive_batch([segment6(j, flag) for j in range(i, min(n, i + BATCH))], 1.0)
+    return [segment6(i, 0x18, b"x" * 32) for i in range(n)]
+
+
+def baseline_table6(packets):
+    l4_d = delta(VIP6_B + b"\x00\x50", RS6_B + b"\x00\x50")
+    return {p[8:44]: (RS6_B, b"\x00\x50", l4_d) for p in packets}
+
+
+def case_established6(quick):
+    flows, rounds = 1000, 3 if quick else 5
+    per_round = 50000 if quick else 200000
+    for method in ("nat", "dr"):
+        engine = engine6_with(method)
+        data = open_flows6(engine, flows)
+        assert len(engine.conntab) == flows, (len(engine.conntab), dict(engine.drops))
+        compare_paths("established6 %s 1k" % method, engine, data, per_round, rounds, bare_loop6,
+                      baseline_table6(data), flows=flows, method=method)
 
 
 def _size(n):
@@ -393,7 +466,7 @@ def case_sync(quick):
         emit("sync backup, entries %s" % what, n / seconds, "entries/s", messages=len(messages))
 
 
-CASES = {"established": case_established, "newconn": case_newconn, "memory": case_memory,
+CASES = {"established": case_established, "established6": case_established6, "newconn": case_newconn, "memory": case_memory,
          "expiry": case_expiry, "replay": case_replay, "sim": case_sim, "sync": case_sync}
 
 

@@ -16,10 +16,18 @@ bytes 12..24 (source, destination, ports) in one dict per protocol:
   TUN     the outer header built from constants and the inner packet's
           TOS, length, DF and TTL (IPIP, GRE and GUE without checksums)
 
-A packet takes an entry only if the general path would do exactly that to
-it: IPv4 without options, not a fragment, a good header checksum, TTL above
-1, no longer than the path allows, for TCP a plain ACK (no SYN, FIN or RST)
-in a state an ACK leaves as it is, for NAT'd UDP a non-zero checksum.
+  NAT6    IPv6 NAT: the address and port, the hop limit, the TCP/UDP
+          checksum delta over the pseudo-header (no header checksum)
+  ROUTE6  IPv6 direct routing and routed replies: the hop limit
+
+IPv6 keys are the raw bytes 8..44 (addresses, then ports): never an IPv4 key's
+length. A packet takes an entry only if the general path would do exactly that
+to it: IPv4 without options, not a fragment, a good header checksum, TTL above
+1; or IPv6 with TCP or UDP right after the fixed header (no extension header,
+so no fragment), a payload length that fits, hop limit above 1; no longer than
+the path allows, for TCP a plain ACK (no SYN, FIN or RST) in a state an ACK
+leaves as it is, for NAT'd UDP a non-zero checksum. IPv6 tunnels (either outer
+family) always take the general path.
 Anything else goes to the general path, whose answer is the specification:
 afterwards the entry is learnt again from what it did. Entries go when their
 connection leaves the lookup tables, when a new connection takes one of their
@@ -52,7 +60,7 @@ from .flags import (IP_VS_CONN_F_DROUTE, IP_VS_CONN_F_FWD_MASK, IP_VS_CONN_F_MAS
 from .verdicts import Transmit
 from forwarders import nat, tunnel
 
-NAT, ROUTE, TUN = 0, 1, 2
+NAT, ROUTE, TUN, NAT6, ROUTE6 = 0, 1, 2, 3, 4
 TTL_DELTA = 0xFEFF            # the checksum update of a TTL decrement
 PREPS_SHARED = 1 << 16        # prepared rewrites kept for sharing, at most
 _TCP_EVENTS = 0x17            # the flags tcp_state_idx looks at: RST SYN FIN ACK
@@ -101,8 +109,8 @@ class FastPath:
         general path is appended to it instead of handled, and so is every later packet
         that may belong to a connection it touches: one sharing its client's address and
         port (the end of it that is no service's and no real server's), or every later
-        one after a packet whose connection cannot be told so (not plain IPv4 TCP or UDP:
-        ICMP, fragments, options, IPv6). The caller sends what this returns, then runs
+        one after a packet whose connection cannot be told so (not plain TCP or UDP:
+        ICMP, fragments, IPv4 options, IPv6 extension headers). The caller sends what this returns, then runs
         `defer` as a batch of its own: each flow keeps its order, and a packet that may
         depend on the general path's work waits for it. Timers and table changes
         cannot come between (the batch shares one `now`, and expiry runs first)."""
@@ -147,22 +155,36 @@ class FastPath:
                         e = tcp_get(p[12:24])
                 elif proto == 17:
                     e = udp_get(p[12:24])
-            if e is not None:
-                tot = (p[2] << 8) | p[3]
-                if tot != n and (tot > n or tot < (40 if proto == 6 else 28)):
-                    e = None
-                elif (p[6] & 0x3F or p[7] or p[8] <= 1 or tot > e[0][2]
-                      or from_bytes(p[:20], "big") % 0xFFFF):
-                    e = None
-                elif proto == 17 and not (p[26] or p[27]) and e[0][0] == NAT:
-                    e = None  # sent without a checksum: NAT computes a full one
+                if e is not None:
+                    tot = (p[2] << 8) | p[3]
+                    if tot != n and (tot > n or tot < (40 if proto == 6 else 28)):
+                        e = None
+                    elif (p[6] & 0x3F or p[7] or p[8] <= 1 or tot > e[0][2]
+                          or from_bytes(p[:20], "big") % 0xFFFF):
+                        e = None
+                    elif proto == 17 and not (p[26] or p[27]) and e[0][0] == NAT:
+                        e = None  # sent without a checksum: NAT computes a full one
+            elif n >= 48 and p[0] >> 4 == 6:
+                proto = p[6]
+                if proto == 6:
+                    if n >= 60 and p[53] & _TCP_EVENTS == 0x10:
+                        e = tcp_get(p[8:44])
+                elif proto == 17:
+                    e = udp_get(p[8:44])
+                if e is not None:
+                    tot = 40 + ((p[4] << 8) | p[5])
+                    if tot > n or tot < (60 if proto == 6 else 48) or p[7] <= 1 or tot > e[0][2]:
+                        e = None
+                    elif proto == 17 and not (p[46] or p[47]) and e[0][0] == NAT6:
+                        e = None
             if defer is not None and (e is None or held or barrier):
                 if barrier or e is None:
                     if not barrier:
                         barrier = self._hold(p, held, servers)
                     defer.append(p)
                     continue
-                if p[12:16] + p[20:22] in held or p[16:20] + p[22:24] in held:
+                if (p[12:16] + p[20:22] in held or p[16:20] + p[22:24] in held if p[0] == 0x45
+                        else p[8:24] + p[40:42] in held or p[24:40] + p[42:44] in held):
                     defer.append(p)
                     continue
             if e is None:
@@ -195,6 +217,22 @@ class FastPath:
                 buf = bytearray(p)
                 pack_ttl(buf, 8, p[8] - 1, proto, ((s & 0xFFFF) + (s >> 16)) ^ 0xFFFF)
                 append(Transmit(p[16:20] if nexthop is None else nexthop, bytes(buf)))
+            elif kind == NAT6:
+                t = (((p[a] << 8) | p[a + 1]) ^ 0xFFFF) + d
+                buf = bytearray(p)
+                buf[7] = p[7] - 1
+                if inbound:
+                    buf[24:40] = b[0]
+                    buf[42:44] = b[1]
+                else:
+                    buf[8:24] = b[0]
+                    buf[40:42] = b[1]
+                pack_check(buf, a, (((t & 0xFFFF) + (t >> 16)) ^ 0xFFFF) or zero)
+                append(Transmit(nexthop, bytes(buf)))
+            elif kind == ROUTE6:
+                buf = bytearray(p)
+                buf[7] = p[7] - 1
+                append(Transmit(p[24:40] if nexthop is None else nexthop, bytes(buf)))
             else:
                 append(Transmit(nexthop, self._encapsulate(p, tot, a, b, c, d)))
             if not acc[0]:
@@ -219,30 +257,32 @@ class FastPath:
         """A general-path packet deferred: hold back its client's end (address and
         port; the ends of services and real servers are not a client's). True when
         its connection cannot be told that way: everything after it waits too."""
-        if len(p) < 24 or p[0] != 0x45 or p[9] not in (6, 17) or p[6] & 0x3F or p[7]:
+        if len(p) >= 24 and p[0] == 0x45 and p[9] in (6, 17) and not (p[6] & 0x3F or p[7]):
+            ends = (p[12:16] + p[20:22], p[16:20] + p[22:24])
+        elif len(p) >= 44 and p[0] >> 4 == 6 and p[6] in (6, 17):
+            ends = (p[8:24] + p[40:42], p[24:40] + p[42:44])   # no extension header
+        else:
             return True
         barrier = True
-        for end in (p[12:16] + p[20:22], p[16:20] + p[22:24]):
+        for end in ends:
             if end not in servers:
                 held.add(end)
                 barrier = False
         return barrier
 
     def _servers(self):
-        """The IPv4 address+port ends of every service and real server (trash included)."""
+        """The address+port ends of every service and real server (trash included)."""
         engine = self.engine
         seen = (engine.generation, len(engine.trash))
         if self._servers_seen != seen:
             ends = set()
             for svc in engine.services.values():
-                if not svc.fwmark and len(svc.addr) == 4:
+                if not svc.fwmark:
                     ends.add(svc.addr + svc.port.to_bytes(2, "big"))
                 for dest in svc.destinations:
-                    if len(dest.addr) == 4:
-                        ends.add(dest.addr + dest.port.to_bytes(2, "big"))
-            for dest in engine.trash:
-                if len(dest.addr) == 4:
                     ends.add(dest.addr + dest.port.to_bytes(2, "big"))
+            for dest in engine.trash:
+                ends.add(dest.addr + dest.port.to_bytes(2, "big"))
             self._server_ends, self._servers_seen = frozenset(ends), seen
         return self._server_ends
 
@@ -279,8 +319,11 @@ class FastPath:
         if cp.fast is not None:
             self.forget(cp, snapshot)
         direction = engine.resolved
-        if direction is None or engine._reasm is not None or engine.short or p[0] != 0x45:
+        if direction is None or engine._reasm is not None or engine.short:
             return
+        v6 = p[0] >> 4 == 6
+        if (p[6] != cp.protocol or len(p) < 44) if v6 else p[0] != 0x45:
+            return  # IPv4 options, IPv6 extension headers: the general path every time
         flags = cp.flags
         dest = cp.dest
         if (flags & (IP_VS_CONN_F_ONE_PACKET | IP_VS_CONN_F_TEMPLATE) or cp.dead
@@ -307,9 +350,26 @@ class FastPath:
         path = min(mtu, dest.pmtu) if dest.pmtu else mtu
         method = flags & IP_VS_CONN_F_FWD_MASK
         zero = 0xFFFF if proto == IPPROTO_UDP else 0  # a computed UDP checksum 0 is sent as 0xFFFF
-        csum_off = 36 if proto == IPPROTO_TCP else 26
+        csum_off = (56 if proto == IPPROTO_TCP else 46) if v6 else (36 if proto == IPPROTO_TCP else 26)
         a = b = c = d = None
-        if inbound:
+        if v6:
+            if inbound:
+                nexthop = cp.daddr
+                if method == IP_VS_CONN_F_MASQ:
+                    kind, limit = NAT6, path
+                    _, d, _, _ = nat.conn_deltas(cp)
+                    a, b = csum_off, (cp.daddr, cp.dport.to_bytes(2, "big"))
+                elif method == IP_VS_CONN_F_DROUTE:
+                    kind, limit = ROUTE6, path
+                else:
+                    return  # tunnels: the general path builds the outer header
+            elif method == IP_VS_CONN_F_MASQ:
+                kind, limit, nexthop = NAT6, mtu, cp.caddr
+                _, _, _, d = nat.conn_deltas(cp)
+                a, b = csum_off, (cp.vaddr, cp.vport.to_bytes(2, "big"))
+            else:
+                kind, limit, nexthop = ROUTE6, mtu, None
+        elif inbound:
             nexthop = cp.daddr
             if method == IP_VS_CONN_F_MASQ:
                 kind, limit = NAT, path
@@ -343,7 +403,7 @@ class FastPath:
             if len(self.preps) < PREPS_SHARED:  # replies name their client: bounded
                 self.preps[shared] = prep
         entry = (prep, cp, snapshot)
-        key = p[12:24]
+        key = p[8:44] if v6 else p[12:24]
         self.tables[proto][key] = entry
         # cp.fast: its one key (bytes), or a tuple of its keys (both directions)
         keys = cp.fast

@@ -18,6 +18,15 @@ def test_the_bare_loop_rewrites_as_the_engine_does():
     assert engine.fast.hits >= 200
 
 
+def test_the_ipv6_bare_loop_rewrites_as_the_engine_does():
+    engine = core.engine6_with("nat", servers=1)
+    data = core.open_flows6(engine, 200)
+    hits = engine.fast.hits
+    want = [tx.packet for tx in engine.receive_batch(data, 2.0)]
+    assert core.bare_loop6(data, core.baseline_table6(data)) == want
+    assert engine.fast.hits - hits == 200
+
+
 def test_the_established_case_reports_fast_and_general_paths(capsys, monkeypatch):
     monkeypatch.setattr(core, "METHODS", {"dr": "-g"})
     monkeypatch.setattr(core, "FLOWS", {True: (100, 300)})

@@ -7,7 +7,10 @@ every drop must be the same. Other tests check that the fast path is taken.
 """
 
 import random
+import socket
 import struct
+
+import pytest
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,8 +33,41 @@ SERVICES = {
 }
 
 
+# The same flows over IPv6 (family 6): each address has its IPv6 counterpart.
+V6 = {VIP: "2001:db8::c8", "198.51.100.7": "2001:db8:2::7", "198.51.100.8": "2001:db8:2::8",
+      "192.0.2.11": "2001:db8:1::b", "192.0.2.12": "2001:db8:1::c", "192.0.2.13": "2001:db8:1::d"}
+
+
 def a2b(text):
-    return bytes(int(x) for x in text.split("."))
+    return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+
+
+def b2a(addr):
+    return socket.inet_ntop(socket.AF_INET6 if len(addr) == 16 else socket.AF_INET, addr)
+
+
+def to6(argv):
+    """lvsadm arguments with each IPv4 ADDR:PORT of the services turned into [ADDR6]:PORT."""
+    out = []
+    for arg in argv:
+        host, _, port = arg.partition(":")
+        out.append("[%s]:%s" % (V6[host], port) if host in V6 and port else arg)
+    return out
+
+
+def ipv6(src, dst, proto, l4, hlim=64, tc=0, ext=None, frag=None):
+    """An IPv6 packet; `ext`: a hop-by-hop (0) or destination options (60) header first;
+    `frag`: a Fragment header with this offset/M field."""
+    head, nxt = b"", proto
+    if frag is not None:
+        head = struct.pack("!BBHI", nxt, 0, frag, 0x1234) + head
+        nxt = 44
+    if ext is not None:
+        head = struct.pack("!BB", nxt, 0) + b"\x01\x04\0\0\0\0" + head    # PadN
+        nxt = ext
+    body = head + l4
+    return struct.pack("!IHBB16s16s", 0x60000000 | tc << 20, len(body), nxt, hlim,
+                       a2b(src), a2b(dst)) + body
 
 
 def ipv4(src, dst, proto, l4, ttl=64, df=True, tos=0, frag=0, options=b"", bad_check=False):
@@ -71,27 +107,36 @@ def oddities(draw):
     return odd, value, draw(st.sampled_from([0, 0, 10, 200, 1400, 1480])), draw(st.integers(0, 9)) == 0
 
 
-def segment(eng, move):
+def segment(eng, move, family=4):
     """The packet of one move of a flow. A NAT reply comes from the real server
     the connection went to (as the reference engine knows it); DR and tunnel
     replies routed through the director still carry the VIP."""
     port, client, cport, tos, reply, flags, (odd, value, size, zero_check) = move
     proto = 6 if SERVICES[port][0] == "-t" else 17
+    vip = VIP
+    if family == 6:
+        client, vip = V6[client], V6[VIP]
     if reply:
-        src = VIP
+        src = vip
         if SERVICES[port][1] == "-m":
-            cp = eng.conntab.by_in.get((proto, a2b(client), cport, a2b(VIP), port))
-            src = ".".join(map(str, cp.daddr)) if cp is not None else RS[0]
+            cp = eng.conntab.by_in.get((proto, a2b(client), cport, a2b(vip), port))
+            src = b2a(cp.daddr) if cp is not None else RS[0] if family == 4 else V6[RS[0]]
         dst, sport, dport = client, port, cport
     else:
-        src, dst, sport, dport = client, VIP, cport, port
+        src, dst, sport, dport = client, vip, cport, port
     if proto == 6:
         l4 = tcp(src, dst, sport, dport, flags, bytes(size))
     else:
         l4 = udp(src, dst, sport, dport, bytes(size), zero_check=zero_check)
-    kw = {1: {"ttl": value}, 2: {"bad_check": True}, 3: {"frag": value},
-          4: {"options": b"\x01\x01\x01\x00"}, 5: {"df": False}}.get(odd, {})
-    packet = ipv4(src, dst, proto, l4, tos=tos, **kw)
+    if family == 6:
+        kw = {1: {"hlim": value}, 2: {"ext": 60}, 4: {"ext": 0}, 5: {"frag": 0}}.get(odd, {})  # 5: atomic
+        if odd == 3:
+            kw = {"frag": (value & 0x1FFF) << 3 | value >> 13 & 1}
+        packet = ipv6(src, dst, proto, l4, tc=tos, **kw)
+    else:
+        kw = {1: {"ttl": value}, 2: {"bad_check": True}, 3: {"frag": value},
+              4: {"options": b"\x01\x01\x01\x00"}, 5: {"df": False}}.get(odd, {})
+        packet = ipv4(src, dst, proto, l4, tos=tos, **kw)
     if odd == 7:
         packet += b"\0" * 6          # link-layer padding
     elif odd == 8:
@@ -169,17 +214,18 @@ steps = st.one_of(
 )
 
 
-def make_pair(seed):
-    pair = (Engine(seed=seed, director_addr=a2b("203.0.113.1"), fastpath=True),
-            Engine(seed=seed, director_addr=a2b("203.0.113.1"), fastpath=False))
+def make_pair(seed, family=4):
+    pair = tuple(Engine(seed=seed, director_addr=a2b("203.0.113.1"), director_addr6=a2b("2001:db8::1"),
+                        fastpath=fastpath) for fastpath in (True, False))
     for eng in pair:
         for port, (flag, method, extra) in SERVICES.items():
             sched = "rr" if port != 443 else "wlc"
             opts = ["-p", "30"] if port == 8080 else []
-            assert adm.run(eng, ["-A", flag, "%s:%d" % (VIP, port), "-s", sched] + opts)[2] == 0
+            add = ["-A", flag, "%s:%d" % (VIP, port), "-s", sched] + opts
+            assert adm.run(eng, to6(add) if family == 6 else add)[2] == 0
             for rs in RS:
-                assert adm.run(eng, ["-a", flag, "%s:%d" % (VIP, port), "-r", "%s:%d" % (rs, port),
-                                     method] + list(extra))[2] == 0
+                add = ["-a", flag, "%s:%d" % (VIP, port), "-r", "%s:%d" % (rs, port), method] + list(extra)
+                assert adm.run(eng, to6(add) if family == 6 else add)[2] == 0
     return pair
 
 
@@ -197,16 +243,17 @@ def frames(out):
     return [(bytes(tx.nexthop), bytes(tx.packet)) for tx in out]
 
 
+@pytest.mark.parametrize("family", [4, 6])
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], deadline=None)
 @given(seed=st.integers(0, 2 ** 32 - 1), script=st.lists(steps, min_size=1, max_size=30))
-def test_fast_path_on_and_off_agree(seed, script):
-    fast, slow = make_pair(seed)
+def test_fast_path_on_and_off_agree(family, seed, script):
+    fast, slow = make_pair(seed, family)
     now = 1.0
     for kind, arg in script:
         if kind == "packets":
             want, batch = [], []
             for move in arg:
-                batch.append(segment(slow, move))
+                batch.append(segment(slow, move, family))
                 want.extend(slow.receive(batch[-1], now))
             got = fast.receive_batch(batch, now)
             assert frames(got) == frames(want)
@@ -214,6 +261,7 @@ def test_fast_path_on_and_off_agree(seed, script):
             now += arg
             assert frames(fast.expire(now)) == frames(slow.expire(now))
         elif kind == "adm":
+            arg = to6(arg) if family == 6 else arg
             assert adm.run(fast, arg) == adm.run(slow, arg)
         elif kind == "sysctl":
             for eng in (fast, slow):
@@ -239,6 +287,32 @@ def test_established_segments_take_the_fast_path_for_every_method():
         got = _flow(fast, port, 50)
         assert fast.fast.hits - before >= 49, port
         assert frames(got) == frames(_flow(slow, port, 50))
+        assert state(fast) == state(slow)
+
+
+def test_ipv6_established_segments_take_the_fast_path_for_nat_and_dr():
+    """NAT and direct routing of IPv6 flows without extension headers; tunnels, and
+    segments with an extension header, take the general path. The same frames either way."""
+    client, vip = V6[CLIENTS[0]], V6[VIP]
+    for port, fast_expected in ((80, True), (443, True), (8080, False), (53, True)):
+        fast, slow = make_pair(7, 6)
+        sent = []
+        for eng in (fast, slow):
+            if port == 53:
+                data = ipv6(client, vip, 17, udp(client, vip, 40000, port, bytes(32)))
+                eng.receive(data, 1.0)
+            else:
+                eng.receive(ipv6(client, vip, 6, tcp(client, vip, 40000, port, 0x02, b"")), 1.0)
+                eng.receive(ipv6(client, vip, 6, tcp(client, vip, 40000, port, 0x10, b"")), 1.0)
+                data = ipv6(client, vip, 6, tcp(client, vip, 40000, port, 0x18, bytes(32)))
+            with_ext = data[:6] + b"\x3c" + data[7:40] + bytes([data[6], 0]) + b"\x01\x04\0\0\0\0" + data[40:]
+            with_ext = with_ext[:4] + struct.pack("!H", len(with_ext) - 40) + with_ext[6:]
+            before = eng.fast.hits if eng.fast else 0
+            sent.append(frames(eng.receive_batch([data] * 20 + [with_ext] * 5, 1.0)))
+            if eng.fast:
+                assert (eng.fast.hits - before >= 19) == fast_expected, port
+                assert eng.fast.hits - before <= 20
+        assert sent[0] == sent[1] and len(sent[0]) == 25
         assert state(fast) == state(slow)
 
 
@@ -354,20 +428,21 @@ def _masked(out):
         sorted(hop for hop, _ in frames(out))
 
 
+@pytest.mark.parametrize("family", [4, 6])
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], deadline=None)
 @given(seed=st.integers(0, 2 ** 32 - 1), script=st.lists(steps, min_size=1, max_size=30))
-def test_established_first_is_the_same_work_in_another_order(seed, script):
+def test_established_first_is_the_same_work_in_another_order(family, seed, script):
     """The live director's order (lvs/director.py): the fast path's packets of a batch
     first, the general path's and what may depend on it after. That is exactly the
     packets handled one by one in that order (same frames, bit for bit); and since no
     flow's packets change order, the tables, counters and listings end as in arrival
     order, with the same frames sent (IP IDs aside)."""
-    fast, slow = make_pair(seed)
-    again = make_pair(seed)[1]
+    fast, slow = make_pair(seed, family)
+    again = make_pair(seed, family)[1]
     now = 1.0
     for kind, arg in script:
         if kind == "packets":
-            batch = [segment(slow, move) for move in arg]
+            batch = [segment(slow, move, family) for move in arg]
             want = []
             for p in batch:
                 want.extend(slow.receive(p, now))
@@ -384,6 +459,7 @@ def test_established_first_is_the_same_work_in_another_order(seed, script):
             out = frames(fast.expire(now))
             assert out == frames(slow.expire(now)) == frames(again.expire(now))
         elif kind == "adm":
+            arg = to6(arg) if family == 6 else arg
             assert adm.run(fast, arg) == adm.run(slow, arg) == adm.run(again, arg)
         elif kind == "sysctl":
             for eng in (fast, slow, again):
@@ -444,3 +520,26 @@ def test_established_first_holds_a_flow_behind_its_own_general_packet():
     later = []
     fast.fast.run([frag, data_b, data_b], 1.0, defer=later)
     assert later == [frag, data_b, data_b]
+
+
+def test_established_first_over_ipv6_holds_a_flow_and_an_extension_header_holds_all():
+    fast, slow = make_pair(9, 6)
+    vip, (a, b) = V6[VIP], (V6[c] for c in CLIENTS)
+    for eng in (fast, slow):
+        for client, cport in ((a, 40000), (b, 40001)):
+            for flags in (0x02, 0x10):
+                eng.receive(ipv6(client, vip, 6, tcp(client, vip, cport, 80, flags, b"")), 1.0)
+    fin = ipv6(a, vip, 6, tcp(a, vip, 40000, 80, 0x11, b""))
+    data_a = ipv6(a, vip, 6, tcp(a, vip, 40000, 80, 0x18, b"after the fin"))
+    data_b = ipv6(b, vip, 6, tcp(b, vip, 40001, 80, 0x18, b"other flow"))
+    later = []
+    first = fast.fast.run([data_b, fin, data_a, data_b], 1.0, defer=later)
+    assert later == [fin, data_a] and len(first) == 2
+    fast.receive_batch(later, 1.0)
+    for p in (data_b, fin, data_a, data_b):
+        slow.receive(p, 1.0)
+    assert state(fast) == state(slow)
+    opts = ipv6(b, vip, 6, tcp(b, vip, 40001, 80, 0x18, b"x"), ext=60)
+    later = []
+    fast.fast.run([opts, data_b, data_b], 1.0, defer=later)
+    assert later == [opts, data_b, data_b]
