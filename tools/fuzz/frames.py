@@ -1453,13 +1453,24 @@ class Pair:
         sa, sb = self.fast.sync_take(now), self.slow.sync_take(now)
         if self.reordered:
             # Established first, the fast path's connections were synced ahead of the
-            # general path's: the same entries, in another order.
+            # general path's: the same entries, in another order, so a buffer may have
+            # filled at another entry. Both send what they hold, and start even again.
             self.reordered = False
-            sa, sb = _sync_entries(sa), _sync_entries(sb)
+            sa, sb = _sync_entries(sa + _sync_flush(self.fast)), _sync_entries(sb + _sync_flush(self.slow))
         if sa != sb:
             problems.append(("divergence", "sync datagrams", "fast path on: %d, off: %d; %s" % (
                 len(sa), len(sb), _first_difference(sa, sb)), None))
         return problems
+
+
+def _sync_flush(eng):
+    """The sync master's current buffers as datagrams, sent now whatever their age."""
+    ms, out = eng.sync_master, []
+    for tid, buf in enumerate(ms.bufs if ms is not None else ()):
+        if buf is not None:
+            out.append((tid, buf.message()))
+            ms.bufs[tid] = None
+    return out
 
 
 def _sync_entries(datagrams):
