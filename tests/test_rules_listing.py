@@ -1184,3 +1184,19 @@ def test_save_with_names_restores():
     for line in saved:
         second.apply(rules.parse_line(line))
     assert rules.save_lines(second) == rules.save_lines(first)
+
+
+def test_weights_up_to_int_max_as_the_oracles_ipvsadm_takes_and_lists_them():
+    """tests/data/golden/weights.txt (probe_weights.sh in the oracle VM): Debian's
+    ipvsadm 1.31 takes -w up to INT_MAX, and a ten-digit weight pushes the columns."""
+    from lvs import adm
+    from lvs.engine import Engine
+    recorded = (Path(__file__).parent / "data" / "golden" / "weights.txt").read_text()
+    engine, got = Engine(), []
+    for w in ("65535", "65536", "2147483647", "2147483648"):
+        adm.run(engine, ["-C"])
+        adm.run(engine, ["-A", "-t", "203.0.113.200:80", "-s", "rr"])
+        _, err, status = adm.run(engine, ["-a", "-t", "203.0.113.200:80", "-r", "192.0.2.11:80", "-m", "-w", w])
+        got.append(err + "w=%s rc=%d\n" % (w, status))
+        got.append(adm.run(engine, ["-Ln"])[0].splitlines(True)[-1])
+    assert "".join(got) == recorded.split("ipvsadm v1.31")[0]
