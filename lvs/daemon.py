@@ -25,7 +25,6 @@ import time
 from . import __version__, ctl
 from .engine import Engine
 from .errors import ConfigError
-from .flags import AF_INET6
 from .hostconf import HostChanges, HostError, process_alive
 from .loop import Loop
 from .pcap import CaptureError
@@ -34,9 +33,6 @@ from .ports.raw import PortGone
 BATCH = 64
 NO_SYNC_WITH_WORKERS = {"stdout": "", "status": 255,
                         "stderr": "lvs daemon: the sync daemons are not available with --workers\n"}
-NO_IPV6_WITH_WORKERS = {"stdout": "", "status": 255,
-                        "stderr": "lvs daemon: IPv6 services are not available with --workers "
-                                  "(the workers' fanout hashes IPv4 only)\n"}
 
 
 # The control socket (lvs/ctl.py): a client has CLIENT_TIMEOUT seconds to send its request,
@@ -77,10 +73,6 @@ def _no_constant(name):
 def _short(value, limit=60):
     text = repr(value) if not isinstance(value, int) or abs(value) < 10 ** 60 else "<a huge integer>"
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _has_ipv6(engine):
-    return any(svc.af == AF_INET6 for svc in engine.services.values())
 
 
 class DaemonError(Exception):
@@ -291,8 +283,6 @@ class Daemon:
             trial.interfaces = _interfaces()
             trial.sync_daemons = dict(self.engine.sync_daemons)
             out, err, status = adm.run(trial, ["-R"], text, prog=prog)
-            if status == 0 and self.workers and _has_ipv6(trial):
-                return dict(NO_IPV6_WITH_WORKERS)
             if status == 0:
                 adm.run(self.engine, ["-C"], None, prog=prog)
                 out, err, status = adm.run(self.engine, ["-R"], text, prog=prog)
@@ -342,13 +332,6 @@ class Daemon:
         if kind == "services":
             out, err, status = adm.run(self.view(), argv, None, prog=prog)
             return {"stdout": out, "stderr": err, "status": status}
-        if kind == "change":
-            # The workers' fanout program hashes IPv4 only (lvs/fanout.py): refuse what would
-            # add an IPv6 service, as tried on a copy of the tables.
-            trial = adm._scratch_copy(self.engine)
-            adm.run(trial, argv, message.get("stdin"), prog=prog)
-            if _has_ipv6(trial) and not _has_ipv6(self.engine):
-                return dict(NO_IPV6_WITH_WORKERS)
         out, err, status = adm.run(self.engine, argv, message.get("stdin"), prog=prog)
         if kind == "change":
             for answer in self.workers.ask(message):
@@ -838,9 +821,6 @@ def start(path, rules_path=None, feed_paths=(), detach=False, clock="monotonic",
         daemon.log = log
     if rules_path:
         daemon.load_rules(rules_path)
-        if workers > 1 and _has_ipv6(daemon.engine):
-            raise DaemonError("--rules: IPv6 services are not available with --workers "
-                              "(the workers' fanout hashes IPv4 only)")
     if ifaces and os.geteuid() != 0:
         raise DaemonError("--iface needs root (AF_PACKET sockets, nftables)")
     daemon.bind()

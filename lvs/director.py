@@ -91,10 +91,13 @@ def tcp_reset(packet, ihl, tot):
 class Director(Director6):
     def __init__(self, engine, ifnames, changes, log, ring=True, fanout=False):
         self.engine = engine
-        # --workers (lvs/fanout.py): ifname -> fanout group id, the program installed
-        self.fanout = ({name: fanout_mod.group_id(i) for i, name in enumerate(ifnames)}
-                       if fanout else None)
+        # --workers (lvs/fanout.py): ifname -> its fanout group ids (IPv4, IPv6), the
+        # programs installed, and the IPv6 group's port of each interface
+        self.fanout = ({name: (fanout_mod.group_id(i, 4), fanout_mod.group_id(i, 6))
+                        for i, name in enumerate(ifnames)} if fanout else None)
         self.fanout_program = None
+        self.fanout_program6 = None
+        self.by_name6 = {}
         self.worker = False         # a forked worker: no host changes, no ARP answers
         self.vip_owner = True       # False on a standby director: the VIPs' ARP/NDP is another's
         self.ifnames = list(ifnames)
@@ -165,7 +168,7 @@ class Director(Director6):
         for port in self.ports:
             self.log("lvs daemon: %s attached (AF_PACKET, %s, MAC %s%s)"
                      % (port.name, port.ring_mode, port.mac.hex(":"),
-                        ", fanout group %d" % self.fanout[port.name] if self.fanout else ""))
+                        ", fanout groups %d and %d" % self.fanout[port.name] if self.fanout else ""))
         first = self.ifnames[0]
         if self.engine.director_addr is None and self.addrs[first]:
             # The kernel's tunnel source is the route's source address: ours.
@@ -185,9 +188,15 @@ class Director(Director6):
             if self.fanout is None:
                 port = RawPort(name, ring=self.ring)
             else:
-                # IPv4 through the group; ARP to every process, outside it.
-                port = RawPort(name, ring=self.ring, protocol=ETH_P_IP, fanout=self.fanout[name])
-                self.ports.append(RawPort(name, ring=False, protocol=ETH_P_ARP))
+                # IPv4 and IPv6 through their groups; ARP and Neighbour Discovery to every
+                # process, outside them (ND arrives in the IPv6 group too: ignored there).
+                group4, group6 = self.fanout[name]
+                port = RawPort(name, ring=self.ring, protocol=ETH_P_IP, fanout=group4)
+                port6 = RawPort(name, ring=self.ring, protocol=ETH_P_IPV6, fanout=group6)
+                nd = RawPort(name, ring=False, protocol=ETH_P_IPV6, bpf=fanout_mod.nd_filter())
+                nd.nd_only = True
+                self.ports += [RawPort(name, ring=False, protocol=ETH_P_ARP), nd, port6]
+                self.by_name6[name] = port6
             self.ports.append(port)
             self.by_name[name] = port
 
@@ -196,7 +205,7 @@ class Director(Director6):
         changes and the ARP answers stay with the daemon."""
         for port in self.ports:
             port.close()             # the daemon's sockets: only our copies of them
-        self.ports, self.by_name = [], {}
+        self.ports, self.by_name, self.by_name6 = [], {}, {}
         self._close_groups()
         self.changes = None
         self.worker = True
@@ -254,7 +263,8 @@ class Director(Director6):
         self._follow_groups()
         self._check_vips6()
         if self.fanout is not None:
-            self._program_groups({a for _, a, _ in masq if len(a) == 4})
+            self._program_groups({a for _, a, _ in masq if len(a) == 4},
+                                 {a for _, a, _ in masq if len(a) == 16})
 
     @staticmethod
     def _nft_want(masq, vips, family):
@@ -274,20 +284,29 @@ class Director(Director6):
             if added:
                 script.append("add element %s %s %s { %s }" % (family, NFT_TABLE, name, ", ".join(sorted(added))))
 
-    def _program_groups(self, nat_addrs):
-        """The fanout groups' program follows the NAT real servers and persistence masks."""
-        mask = 0xFFFFFFFF
+    def _program_groups(self, nat_addrs, nat_addrs6):
+        """The fanout groups' programs follow the NAT real servers and persistence masks."""
+        mask, prefix = 0xFFFFFFFF, 128
         for svc in self.engine.services.values():
-            if svc.persistent and len(svc.addr) == 4:
-                mask &= svc.netmask
-        if len(nat_addrs) > fanout_mod.MAX_NAT_ADDRS:
-            self.log("lvs daemon: more than %d NAT real server addresses: replies from the rest "
-                     "may reach another worker" % fanout_mod.MAX_NAT_ADDRS)
+            if svc.persistent:
+                if len(svc.addr) == 4:
+                    mask &= svc.netmask
+                else:
+                    prefix = min(prefix, svc.netmask)
+        for addrs, most in ((nat_addrs, fanout_mod.MAX_NAT_ADDRS), (nat_addrs6, fanout_mod.MAX_NAT_ADDRS6)):
+            if len(addrs) > most:
+                self.log("lvs daemon: more than %d NAT real server addresses of a family: replies "
+                         "from the rest may reach another worker" % most)
         prog = fanout_mod.client_hash_program(nat_addrs, mask)
         if prog != self.fanout_program:
             for name in self.ifnames:
                 fanout_mod.set_program(self.by_name[name].sock, prog)
             self.fanout_program = prog
+        prog = fanout_mod.client_hash_program6(nat_addrs6, prefix)
+        if prog != self.fanout_program6:
+            for name in self.ifnames:
+                fanout_mod.set_program(self.by_name6[name].sock, prog)
+            self.fanout_program6 = prog
 
     def own_vips(self, own):
         """Answer ARP and NDP for the VIPs (a takeover: announced at once by gratuitous
@@ -508,7 +527,9 @@ class Director(Director6):
         out["neigh_table_fulls"] = self.neigh.table_fulls + self.neigh6.table_fulls
         out["vip_owner"] = int(self.vip_owner)
         for port in self.ports:
-            name = port.name + ("_arp" if port.protocol == ETH_P_ARP else "")
+            name = port.name + ("_arp" if port.protocol == ETH_P_ARP else
+                                "_nd" if getattr(port, "nd_only", False) else
+                                "_v6" if port.protocol == ETH_P_IPV6 else "")
             for k, v in port.counters.items():
                 out["%s_%s" % (name, k)] = v
             out["%s_rx_ring_drops" % name] = port.ring_drops()

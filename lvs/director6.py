@@ -144,8 +144,9 @@ class Director6:
         if len(packet) < 40 or packet[0] >> 4 != 6:
             return
         if ndp.is_ndp(packet):
-            self._ndp(port, frame, packet, now)
-            return
+            if self.fanout is None or getattr(port, "nd_only", False):
+                self._ndp(port, frame, packet, now)
+            return      # with --workers, ND is read on the socket every process has
         if frame[0:6] != port.mac:
             return  # multicast: not IPVS's (ip_vs_in takes PACKET_HOST frames only)
         to_vip = packet[24:40] in self.vips6

@@ -2,25 +2,28 @@
 
 One Python process forwards on one core. With --workers N the daemon forks
 N - 1 workers after it has attached; every process (the daemon itself is
-worker 0) opens its own AF_PACKET socket on each interface and joins one
-fanout group per interface, so the kernel hands each IPv4 frame to exactly
-one of them. Each holds a full copy of the tables and its own connection
-table, fast path and timers.
+worker 0) opens its own AF_PACKET sockets on each interface and joins two
+fanout groups per interface, one for IPv4 and one for IPv6 (a group's
+members share one EtherType), so the kernel hands each frame to exactly one
+of them. Each holds a full copy of the tables and its own connection table,
+fast path and timers.
 
 Which process gets a frame is decided by a classic BPF program the daemon
-installs on the group (PACKET_FANOUT_CBPF) and rewrites when the tables
+installs on each group (PACKET_FANOUT_CBPF) and rewrites when the tables
 change: it hashes the client's address, which is the source address of a
 packet, except for packets from a NAT real server, whose destination is the
 client. So both directions of a NAT connection, every fragment of a
 datagram and all the connections of one client (persistence templates
-included: the address is masked with the shortest persistence netmask of
-the tables) meet in the same process.
+included: the address is masked with the shortest persistence netmask, or
+IPv6 prefix, of the tables) meet in the same process. An IPv6 address is
+folded to one word (the XOR of its four, masked) before the same hash.
 
 The daemon keeps the control socket. A command that changes the tables is
 carried out by it and then by every worker, in the same order; listings add
 the workers' counters (connections per real server, packets, bytes, rates)
-to the daemon's own, and `-Lc` lists every process's connections. ARP is
-received by every process on a socket outside the group (each must learn the
+to the daemon's own, and `-Lc` lists every process's connections. ARP, and
+IPv6 Neighbour Discovery (a socket whose filter takes nothing else), are
+received by every process on sockets outside the groups (each must learn the
 neighbours it sends to); only the daemon answers for the VIPs. The host
 changes (nftables, offloads) are the daemon's alone.
 
@@ -40,31 +43,40 @@ import struct
 import time
 
 SOL_PACKET = 263
+SO_ATTACH_FILTER = 26
 PACKET_FANOUT = 18
 PACKET_FANOUT_DATA = 22
 PACKET_FANOUT_CBPF = 6
 
 SKF_NET_OFF = -0x100000
 MAX_NAT_ADDRS = 250        # jump offsets of classic BPF are 8 bits
+MAX_NAT_ADDRS6 = 30        # 8 instructions each: the same bound for IPv6
 GOLDEN_RATIO_32 = 0x9E3779B1
 
 # classic BPF opcodes
 _LD_W_ABS = 0x20
+_LD_B_ABS = 0x30
 _JEQ_K = 0x15
+_JGT_K = 0x25
+_JGE_K = 0x35
 _JA = 0x05
 _AND_K = 0x54
+_XOR_X = 0xAC
+_TAX = 0x07
 _MUL_K = 0x24
 _RSH_K = 0x74
 _RET_A = 0x16
+_RET_K = 0x06
 
 
 class FanoutError(Exception):
     """The workers could not be started."""
 
 
-def group_id(index):
-    """A fanout group id of ours for interface `index` (ids are per network namespace)."""
-    return ((os.getpid() & 0xFFF) << 4 | (index & 0xF)) & 0xFFFF
+def group_id(index, family=4):
+    """A fanout group id of ours for interface `index` and an address family (ids are
+    per network namespace)."""
+    return ((os.getpid() & 0xFFF) << 4 | (index & 0x7) | (0x8 if family == 6 else 0)) & 0xFFFF
 
 
 def join(sock, group):
@@ -90,12 +102,67 @@ def client_hash_program(nat_addrs, mask):
     return prog
 
 
-def set_program(sock, prog):
-    """PACKET_FANOUT_DATA: the group's program, replaced at once for every member."""
+def client_hash_program6(nat_addrs, prefix):
+    """The IPv6 groups' program: the source address, or the destination if the source is
+    one of `nat_addrs` (16-byte addresses); its words masked to `prefix` bits and folded
+    by XOR, then hashed as for IPv4."""
+    addrs = sorted(nat_addrs)[:MAX_NAT_ADDRS6]
+    k = len(addrs)
+    net = SKF_NET_OFF & 0xFFFFFFFF
+    prog = []
+    for i, addr in enumerate(addrs):
+        # a block of 8 at 8i; a mismatch goes on to the next block, a match to the
+        # destination's hash at 8k + 17
+        for w in range(4):
+            prog.append((_LD_W_ABS, 0, 0, net + 8 + 4 * w))
+            word = int.from_bytes(addr[4 * w:4 * w + 4], "big")
+            if w < 3:
+                prog.append((_JEQ_K, 0, 6 - 2 * w, word))
+            else:
+                prog.append((_JEQ_K, 8 * k + 17 - (8 * i + 8), 0, word))
+    masks = []
+    for w in range(4):
+        bits = min(32, max(0, prefix - 32 * w))
+        masks.append(((1 << bits) - 1) << (32 - bits))
+    for base in (8, 24):        # the source's hash (17 instructions), then the destination's
+        for w in range(4):
+            prog.append((_LD_W_ABS, 0, 0, net + base + 4 * w))
+            prog.append((_AND_K, 0, 0, masks[w]))
+            if w:
+                prog.append((_XOR_X, 0, 0, 0))
+            if w < 3:
+                prog.append((_TAX, 0, 0, 0))
+        prog.append((_MUL_K, 0, 0, GOLDEN_RATIO_32))
+        prog.append((_RSH_K, 0, 0, 16))
+        prog.append((_RET_A, 0, 0, 0))
+    return prog
+
+
+def nd_filter():
+    """A socket filter taking IPv6 Neighbour Discovery only (ICMPv6 133-137 right after
+    the fixed header, as ND must be): the socket every process reads ND on."""
+    net = SKF_NET_OFF & 0xFFFFFFFF
+    return [(_LD_B_ABS, 0, 0, net + 6), (_JEQ_K, 0, 4, 58),
+            (_LD_B_ABS, 0, 0, net + 40), (_JGE_K, 0, 2, 133), (_JGT_K, 1, 0, 137),
+            (_RET_K, 0, 0, 0x40000), (_RET_K, 0, 0, 0)]
+
+
+def _fprog(prog):
     raw = b"".join(struct.pack("=HBBI", *ins) for ins in prog)
     buf = ctypes.create_string_buffer(raw, len(raw))
-    fprog = struct.pack("=HxxxxxxQ", len(prog), ctypes.addressof(buf))
+    return buf, struct.pack("=HxxxxxxQ", len(prog), ctypes.addressof(buf))
+
+
+def set_program(sock, prog):
+    """PACKET_FANOUT_DATA: the group's program, replaced at once for every member."""
+    buf, fprog = _fprog(prog)
     sock.setsockopt(SOL_PACKET, PACKET_FANOUT_DATA, fprog)
+
+
+def attach_filter(sock, prog):
+    """SO_ATTACH_FILTER: what the socket receives at all."""
+    buf, fprog = _fprog(prog)
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 # ---------------------------------------------------------------- counters across processes

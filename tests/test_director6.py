@@ -383,24 +383,28 @@ def test_ip6_nft_sets_follow_lvsadm(rig):
     assert d.vips6 == frozenset([a6(VIP)])
 
 
-def test_workers_refuse_ipv6_services(tmp_path):
+def test_workers_take_ipv6_services_too(tmp_path):
+    """--workers hashes IPv6 as well (lvs/fanout.py): an IPv6 service is carried out by
+    the daemon and then by every worker."""
     from lvs.daemon import Daemon
 
     class Workers:
         procs = []
+        asked = []
 
         def ask(self, message):
+            self.asked.append(message)
             return [{"stdout": "", "stderr": "", "status": 0}]
 
     daemon = Daemon(str(tmp_path / "lvs.sock"))
     daemon.workers = Workers()
     ask = lambda *argv: daemon.handle({"pylvs": 1, "op": "adm", "argv": list(argv)})
-    answer = ask("-A", "-t", "[2001:db8::2]:80", "-s", "rr")
-    assert answer["status"] == 255 and "IPv6 services are not available with --workers" in answer["stderr"]
-    assert daemon.engine.services == {}
-    assert ask("-A", "-t", "198.51.100.2:80", "-s", "rr")["status"] == 0
-    answer = daemon.handle({"pylvs": 1, "op": "replace", "stdin": "-A -t [2001:db8::2]:80 -s rr\n"})
-    assert answer["status"] == 255 and len(daemon.engine.services) == 1
+    assert ask("-A", "-t", "[2001:db8::2]:80", "-s", "rr")["status"] == 0
+    assert len(daemon.engine.services) == 1 and daemon.workers.asked[-1]["argv"][:2] == ["-A", "-t"]
+    answer = daemon.handle({"pylvs": 1, "op": "replace", "stdin": "-A -t [2001:db8::3]:80 -s rr\n"})
+    assert answer["status"] == 0 and len(daemon.engine.services) == 1
+    assert daemon.workers.asked[-1]["op"] == "replace"
+
 
 
 def test_a_vip_the_host_would_answer_for_itself_is_said(rig, monkeypatch):

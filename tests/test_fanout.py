@@ -2,7 +2,7 @@
 
 The fanout program is checked offline (both directions of a NAT connection
 and every packet of a client, persistence-masked, go to one process), then
-live: a daemon with two workers in a namespace topology, clients on many
+live: a daemon with two workers in a namespace topology (IPv4, then IPv6), clients on many
 addresses through NAT and DR, listings that add both processes up, and
 commands that reach both.
 """
@@ -24,28 +24,47 @@ from lvs.lab import Topology
 VIP = "198.51.100.2"
 
 
-def program_choice(prog, packet, members):
-    """Run the fanout program on an IPv4 packet as the kernel's classic BPF does:
-    the member index."""
-    pc, a = 0, 0
+def run_bpf(prog, packet):
+    """Run a classic BPF program of lvs/fanout.py on a packet (from its network header)
+    as the kernel does; what it returns. Every instruction it uses, and only those."""
+    pc, a, x = 0, 0, 0
+    assert len(prog) <= 4096
     while True:
         code, jt, jf, k = prog[pc]
-        if code == fanout._LD_W_ABS:
+        if code in (fanout._LD_W_ABS, fanout._LD_B_ABS):
             off = k - (fanout.SKF_NET_OFF & 0xFFFFFFFF)
-            a = int.from_bytes(packet[off:off + 4], "big")
-        elif code == fanout._JEQ_K:
-            pc += jt if a == k else jf
+            size = 4 if code == fanout._LD_W_ABS else 1
+            if off + size > len(packet):
+                return 0      # a load past the end: the kernel's program returns 0
+            a = int.from_bytes(packet[off:off + size], "big")
+        elif code in (fanout._JEQ_K, fanout._JGT_K, fanout._JGE_K):
+            assert jt < 256 and jf < 256
+            hit = a == k if code == fanout._JEQ_K else a > k if code == fanout._JGT_K else a >= k
+            pc += jt if hit else jf
         elif code == fanout._JA:
             pc += k
         elif code == fanout._AND_K:
             a &= k
+        elif code == fanout._XOR_X:
+            a ^= x
+        elif code == fanout._TAX:
+            x = a
         elif code == fanout._MUL_K:
             a = (a * k) & 0xFFFFFFFF
         elif code == fanout._RSH_K:
             a >>= k
         elif code == fanout._RET_A:
-            return a % members
+            return a
+        elif code == fanout._RET_K:
+            return k
+        else:
+            raise AssertionError("opcode %#x" % code)
         pc += 1
+
+
+def program_choice(prog, packet, members):
+    """The member index the kernel picks: the program's value modulo the members."""
+    return run_bpf(prog, packet) % members
 
 
 def ipv4(src, dst, proto=6, sport=1000, dport=80):
@@ -74,6 +93,59 @@ def test_a_persistence_mask_keeps_a_network_in_one_process(a, b):
     one = program_choice(prog, ipv4(bytes([203, 0, 113, a]), bytes([198, 51, 100, 2])), 4)
     two = program_choice(prog, ipv4(bytes([203, 0, 113, b]), bytes([198, 51, 100, 2])), 4)
     assert one == two
+
+
+def ipv6(src, dst, nxt=6, sport=1000, dport=80, l4=b""):
+    return (struct.pack("!IHBB16s16s", 0x60000000, 20 + len(l4), nxt, 64, bytes(src), bytes(dst))
+            + (struct.pack("!HH", sport, dport) + bytes(16) if not l4 else l4))
+
+
+addr6 = st.binary(min_size=8, max_size=8).map(lambda tail: bytes.fromhex("20010db800020000") + tail)
+nat6 = st.lists(st.binary(min_size=2, max_size=2).map(lambda t: bytes.fromhex("20010db8000100000000000000") +
+                                                       b"\0" + t), min_size=0, max_size=30)
+VIP6 = bytes.fromhex("20010db8000000000000000000000002")
+
+
+@settings(max_examples=200, deadline=None)
+@given(addr6, st.integers(1, 65535), nat6, st.integers(2, 8))
+def test_ipv6_both_directions_of_a_nat_connection_meet_in_one_process(client, cport, servers, members):
+    prog = fanout.client_hash_program6(servers, 128)
+    inbound = program_choice(prog, ipv6(client, VIP6, sport=cport), members)
+    for rs in servers:
+        assert program_choice(prog, ipv6(rs, client, sport=80, dport=cport), members) == inbound
+    # a packet from a server address not in the list (DR: replies never come back) is
+    # hashed by its source like a client's
+    other = bytes.fromhex("20010db8000300000000000000000001")
+    assert program_choice(prog, ipv6(other, client), members) == program_choice(
+        fanout.client_hash_program6([], 128), ipv6(other, client), members)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=8, max_size=8), st.binary(min_size=8, max_size=8), st.integers(0, 64))
+def test_an_ipv6_persistence_prefix_keeps_a_network_in_one_process(a, b, prefix):
+    net = bytes.fromhex("20010db800020000")
+    prog = fanout.client_hash_program6([], prefix)
+    one = program_choice(prog, ipv6(net + a, VIP6), 4)
+    two = program_choice(prog, ipv6(net + b, VIP6), 4)
+    assert one == two
+
+
+def test_ipv6_clients_spread_over_the_processes():
+    prog = fanout.client_hash_program6([VIP6], 128)
+    counts = [0] * 4
+    for i in range(1, 401):
+        counts[program_choice(prog, ipv6(bytes.fromhex("20010db80002") + bytes(8) + i.to_bytes(2, "big"), VIP6), 4)] += 1
+    assert all(60 < c < 140 for c in counts), counts
+
+
+def test_the_nd_filter_takes_neighbour_discovery_only():
+    f = fanout.nd_filter()
+    src, dst = bytes.fromhex("fe800000000000000000000000000001"), VIP6
+    for icmp_type in range(256):
+        got = run_bpf(f, ipv6(src, dst, nxt=58, l4=bytes([icmp_type, 0, 0, 0]) + bytes(20)))
+        assert bool(got) == (133 <= icmp_type <= 137), icmp_type
+    assert run_bpf(f, ipv6(src, dst, nxt=6)) == 0
+    assert run_bpf(f, ipv6(src, dst, nxt=0, l4=bytes([58, 0]) + bytes([135]) + bytes(21))) == 0  # behind hop-by-hop
 
 
 def test_clients_spread_over_the_processes():
@@ -271,3 +343,52 @@ def test_a_command_reaches_every_worker(topo):
     assert {body for _, body in answers} == {"11"}, answers    # no process still sends to rs1
     bad = topo.lvsadm("-a", "-t", VIP + ":80", "-r", "198.51.100.11:8080", "-m")
     assert bad.returncode != 0 and "Destination already exists" in bad.stderr
+
+
+# ---------------------------------------------------------------- IPv6 through the workers
+
+CLIENTS6 = ["2001:db8::1%02x" % n for n in range(16)]
+VIP6_TEXT = "2001:db8::2"
+
+_REQUESTS6 = _REQUESTS.replace("socket.create_connection((vip, port), timeout=3, source_address=(src, 0))",
+                               "socket.create_connection((vip, port), timeout=3, source_address=(src, 0, 0, 0))")
+
+
+@pytest.fixture(scope="module")
+def topo6():
+    t = Topology(tag="f6%d" % (os.getpid() % 100000), servers=2, ipv6=True)
+    t.build()
+    try:
+        for a in CLIENTS6:
+            t.run("client", ["ip", "addr", "add", a + "/64", "dev", "eth0", "nodad"], check=True)
+        t.start_daemon("--workers", "2", log_path=os.path.join(t.workdir, "daemon.log"))
+        t.setup_realserver("rs1", "dr")
+        t.setup_realserver("rs2", "nat")
+        t.http_server("rs1", "10", port=80, bind="::", lifetime=600)
+        t.http_server("rs2", "11", port=8080, bind="::", lifetime=600)
+        yield t
+    finally:
+        t.teardown()
+
+
+@live
+def test_two_workers_share_ipv6_nat_and_dr_traffic(topo6):
+    """IPv6 through --workers: the IPv6 groups' program keeps a NAT server's replies with
+    the client's process, every process learns its neighbours from the ND socket, and
+    the listings add both up."""
+    t = topo6
+    lvsadm(t, "-A", "-t", "[%s]:80" % VIP6_TEXT, "-s", "rr")
+    lvsadm(t, "-a", "-t", "[%s]:80" % VIP6_TEXT, "-r", "[2001:db8::10]:80", "-g")
+    lvsadm(t, "-a", "-t", "[%s]:80" % VIP6_TEXT, "-r", "[2001:db8::11]:8080", "-m")
+    r = t.run("client", [sys.executable, "-c", _REQUESTS6, VIP6_TEXT, "80"] + CLIENTS6, timeout=120)
+    answers = json.loads(r.stdout)
+    assert len(answers) == 3 * len(CLIENTS6)
+    assert all(body in ("10", "11") for _, body in answers), answers
+    assert {body for _, body in answers} == {"10", "11"}
+    stats = ctl_request(t, "stats")
+    per = [p["director"]["to_engine"] for p in stats["per_process"]]
+    assert len(per) == 2 and all(n > 0 for n in per), per       # both processes forwarded IPv6
+    conns = [line for line in lvsadm(t, "-Lnc").splitlines()[2:] if line.strip()]
+    assert len(conns) == len(answers)
+    # The ND socket: the worker resolved the servers and clients it sends to itself.
+    assert all(p["director"].get("eth0_nd_rx", 0) > 0 for p in stats["per_process"]), stats["per_process"]

@@ -58,9 +58,12 @@ class PortGone(OSError):
 class RawPort:
     kind = "ether"
 
-    def __init__(self, ifname, ring=True, frame_count=FRAME_COUNT, protocol=ETH_P_ALL, fanout=None):
+    def __init__(self, ifname, ring=True, frame_count=FRAME_COUNT, protocol=ETH_P_ALL, fanout=None,
+                 bpf=None):
         """`protocol`: the EtherType to receive (ETH_P_ALL: every frame).
-        `fanout`: a PACKET_FANOUT group id to join (lvs/fanout.py)."""
+        `fanout`: a PACKET_FANOUT group id to join (lvs/fanout.py).
+        `bpf`: a classic BPF program that frames must pass, attached before the socket
+        is bound, so that nothing else ever arrives (lvs/fanout.py: nd_filter)."""
         self.name = ifname
         self.protocol = protocol
         self.counters = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_ring_drops": 0, "rx_empty_wakeups": 0,
@@ -73,6 +76,9 @@ class RawPort:
                 self.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             except OSError:
                 pass  # before Linux 4.20: the pkttype test below skips them
+            if bpf is not None:
+                from ..fanout import attach_filter
+                attach_filter(self.sock, bpf)
             if ring:
                 self._setup_ring(frame_count)
             self.ifindex = self._ifindex()
