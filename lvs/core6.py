@@ -28,8 +28,15 @@ class PacketPath6:
         tot_len = 40 + plen
         if tot_len > n:
             return self.count_drop("truncated")
-        if packet[6] == ipv6.NEXTHDR_HOP and not ipv6.hop_options_ok(packet):
-            return self.count_drop("bad_hop_options")  # ip6_rcv_core: ipv6_parse_hopopts
+        if packet[6] == ipv6.NEXTHDR_HOP:
+            bad = ipv6.hop_options_verdict(packet[:tot_len])   # ip6_rcv_core: ipv6_parse_hopopts
+            if bad is not None:
+                reason, problem = bad
+                if problem is not None:
+                    # icmpv6_param_prob, from the VIP the packet was sent to
+                    self._send_icmp6_error(bytearray(packet[:tot_len]), (ipv6.ICMPV6_PARAMPROB, problem[0]),
+                                           problem[1], None)
+                return self.count_drop(reason)
         if not self.services:
             return self.count_drop("no_service")
         buf = bytearray(packet[:tot_len])  # ipv6_rcv trims link-layer padding

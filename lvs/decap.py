@@ -123,7 +123,7 @@ def _decap6(packet, encap, local, vips, gue_port, reasm6, now):
     if plen == 0 or 40 + plen > len(packet):   # 0: a jumbogram, which no tunnel sends
         return None, "outer_length"
     packet = packet[:40 + plen]                # Ethernet padding off
-    if packet[6] == ipv6.NEXTHDR_HOP and not ipv6.hop_options_ok(packet):
+    if packet[6] == ipv6.NEXTHDR_HOP and ipv6.hop_options_verdict(packet) is not None:
         return None, "outer_header"
     found = ipv6.find_hdr(packet)
     if found is None:

@@ -2,7 +2,9 @@
 
 The same three as for IPv4, in ICMPv6's words: port unreachable (destination
 unreachable, code 4) from ip_vs_leave, time exceeded (hop limit, code 0) from
-decrement_ttl, and packet too big (with the MTU) from ensure_mtu_is_adequate.
+decrement_ttl, and packet too big (with the MTU) from ensure_mtu_is_adequate;
+and the parameter problem the director's own input path sends about a
+hop-by-hop header (lvs/ipv6.py: hop_options_verdict).
 As icmp6_send builds them: hop limit 64, traffic class 0, a flow label from
 the flow's hash (ip6_make_flowlabel; ours is keyed by the engine's seed), the
 offending packet quoted up to a 1280-byte reply, the checksum over the IPv6
@@ -47,8 +49,11 @@ def build_error6(packet, icmp_type, code, info, saddr, flowlabel):
     dst = bytes(packet[8:24])
     if not ipv6.is_unicast(dst) or is_ineligible(packet):
         return None
-    if packet[24] == 0xFF and icmp_type != ICMPV6_PKT_TOOBIG:
-        return None     # about a multicast packet: only packet too big
+    if packet[24] == 0xFF and icmp_type != ICMPV6_PKT_TOOBIG and not (
+            icmp_type == ipv6.ICMPV6_PARAMPROB and code == ipv6.ICMPV6_UNK_OPTION
+            and info < len(packet) and packet[info] & 0xC0 == 0x80):
+        return None     # about a multicast packet: only packet too big, or an unknown option
+                        # whose action says to answer even then
     quote = bytes(packet[:MAX_QUOTE])
     body = bytearray(struct.pack("!BBHI", icmp_type, code, 0, info) + quote)
     struct.pack_into("!H", body, 2, l4_checksum(saddr, dst, ipv6.NEXTHDR_ICMP, bytes(body)))

@@ -70,32 +70,76 @@ def find_hdr(buf, start=0):
     return Headers(nexthdr, off, 0, frag_at, frag_prev)
 
 
-def hop_options_ok(buf):
-    """ip6_parse_tlv over a hop-by-hop header at 40, as ip6_rcv_core checks it before
-    PREROUTING: Pad1/PadN and known options pass; an unknown option whose action
-    bits say skip (00) passes, any other action discards the packet. (The kernel
-    then answers actions 10/11 with a parameter problem; pylvs only drops.)"""
-    if len(buf) < 48:
-        return False
-    end = 40 + ((buf[41] + 1) << 3)
-    if end > len(buf):
-        return False
-    off = 42
-    while off < end:
+MAX_HBH_OPTS_CNT = 8       # net.ipv6.max_hbh_opts_number
+IPV6_MAXPLEN = 65535
+ICMPV6_PARAMPROB = 4
+ICMPV6_HDR_FIELD, ICMPV6_UNK_OPTION = 0, 2
+OPT_PAD1, OPT_PADN, OPT_ROUTERALERT, OPT_CALIPSO, OPT_IOAM, OPT_JUMBO = 0, 1, 5, 7, 0x31, 0xC2
+
+
+def hop_options_verdict(buf):
+    """ipv6_parse_hopopts and ip6_parse_tlv over a hop-by-hop header at 40 (`buf` the
+    datagram, trimmed to its length): None when it passes, else (drop reason, the
+    parameter problem the kernel sends as (code, pointer), or None). As the kernel with
+    its defaults: at most 7 bytes of padding in a row, PadN all zeros, at most 8 other
+    options; router alert of length 2; IOAM 4n-aligned (then ignored: ioam6_enabled=0);
+    CALIPSO refused (no DOI is configured); a jumbo payload option checked as
+    ipv6_hop_jumbo does; an unknown option as its two high bits say (skip, discard,
+    discard and answer, discard and answer unless sent to a multicast address)."""
+    bad = ("bad_hop_options", None)
+    n = len(buf)
+    if n < 48 or 40 + ((buf[41] + 1) << 3) > n:
+        return bad
+    off, left = 42, ((buf[41] + 1) << 3) - 2
+    padlen = count = 0
+    while left > 0:
         opt = buf[off]
-        if opt == 0:            # Pad1
+        if opt == OPT_PAD1:
+            padlen += 1
+            if padlen > 7:
+                return bad
             off += 1
+            left -= 1
             continue
-        if off + 2 > end:
-            return False
+        if left < 2:
+            return bad
         optlen = buf[off + 1] + 2
-        if off + optlen > end:
-            return False
-        # PadN (1), router alert (5), CALIPSO (7), jumbo (0xC2), IOAM (0x31) are known
-        if opt not in (1, 5, 7, 0x31, 0xC2) and opt >> 6:
-            return False
+        if optlen > left:
+            return bad
+        if opt == OPT_PADN:
+            padlen += optlen
+            if padlen > 7 or any(buf[off + 2:off + optlen]):
+                return bad
+        else:
+            count += 1
+            if count > MAX_HBH_OPTS_CNT:
+                return bad
+            if opt == OPT_ROUTERALERT:
+                if buf[off + 1] != 2:
+                    return bad
+            elif opt == OPT_IOAM:
+                if off & 3:
+                    return bad
+            elif opt == OPT_JUMBO:
+                if buf[off + 1] != 4 or off & 3 != 2:
+                    return bad
+                if int.from_bytes(buf[off + 2:off + 6], "big") <= IPV6_MAXPLEN:
+                    return "bad_hop_options", (ICMPV6_HDR_FIELD, off + 2)
+                if buf[4] or buf[5]:
+                    return "bad_hop_options", (ICMPV6_HDR_FIELD, off)
+                return "truncated", None    # a true jumbogram would not fit in a frame here
+            elif opt == OPT_CALIPSO:
+                return bad          # calipso_validate: CRC aside, the host defines no DOI
+            else:
+                action = opt >> 6
+                if action == 1 or (action == 3 and buf[24] == 0xFF):
+                    return "unknown_hop_option", None
+                if action:
+                    return "unknown_hop_option", (ICMPV6_UNK_OPTION, off)
+            padlen = 0
         off += optlen
-    return True
+        left -= optlen
+    return None
 
 
 def header(tc_flow, payload_len, nexthdr, hop_limit, saddr, daddr):
