@@ -92,8 +92,18 @@ def save_main(argv=None):
     return call(["-S"] + numeric, "lvsadm")
 
 
+def restore_input(text):
+    """What ipvsadm-restore (a shell script) hands `ipvsadm -R`: INPUT="$(grep -v '^#')",
+    then echo "$INPUT". Lines end at newlines only (a form feed or carriage return is
+    inside a line for grep), trailing newlines go with the command substitution, and
+    echo ends the input with one: a last line is never cut short by a missing newline."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return "\n".join(line for line in lines if not line.startswith("#")).rstrip("\n") + "\n"
+
+
 def restore_main(argv=None):
     """lvsadm-restore: ipvsadm-restore's script (clear, then -R without # lines), in one step:
     the daemon checks the whole input before it clears anything."""
-    text = "".join(line for line in _read_stdin().splitlines(True) if not line.startswith("#"))
-    return call(["-R"], "lvsadm", text, op="replace")
+    return call(["-R"], "lvsadm", restore_input(_read_stdin()), op="replace")

@@ -115,3 +115,39 @@ def test_fed_traffic_shows_in_the_listings(sock):
 def test_save_script_rejects_unknown_options(sock):
     r = tool("lvsadm-save", "save_main", "-x", sock=sock)
     assert r.returncode == 1 and "Script to save the IPVS table" in r.stderr
+
+
+# What Debian's ipvsadm-restore made of odd inputs in the oracle VM (tests/data/golden/
+# probe_restore.sh): ipvsadm -C, then INPUT="$(grep -v '^#')"; echo "$INPUT" | ipvsadm -R.
+RESTORE_INPUTS = {
+    "two-blanks-no-newline": "-A -t 203.0.113.200:80 -s rr  ",
+    "form-feed-comment": "-A -t 203.0.113.200:80 -s rr\n-A -t 203.0.113.200:81 -s rr\f#x\n"
+                         "-A -t 203.0.113.200:82 -s rr\n",
+    "cr-comment": "-A -t 203.0.113.200:80 -s rr\r#x\n-A -t 203.0.113.200:83 -s rr\n",
+    "hash-line": "#c\n-A -t 203.0.113.200:84 -s rr\n  #c\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESTORE_INPUTS))
+def test_restore_input_is_what_ipvsadm_restore_hands_ipvsadm(name):
+    from lvs import adm
+    from lvs.engine import Engine
+    from lvs.lvsadm import restore_input
+    with open(os.path.join(ROOT, "tests", "data", "golden", "restore.txt")) as f:
+        recorded = f.read()
+    sections = dict(part.split("\n", 1) for part in recorded.split("== ")[1:])
+    want = [(k, v) for k, v in sections.items() if k.startswith(name + " ")][0]
+    head, text = want
+    engine = Engine()
+    out, err, status = adm.run(engine, ["-R"], restore_input(RESTORE_INPUTS[name]), prog="ipvsadm")
+    saved = adm.run(engine, ["-S", "-n"])[0]
+    messages = "".join(line.split(": ", 1)[1] + "\n" for line in err.splitlines())  # "line N: " off
+    assert out == "" and text.startswith(messages)
+    if not messages:
+        assert (head, text) == ("%s rc=%d" % (name, status), saved)
+    else:
+        # ipvsadm went on past a kernel refusal, or stopped at a parse error after the lines
+        # before it; pylvs's -R refuses the whole input, naming the line, and applies nothing.
+        assert saved == "" and status != 0
+        if head.endswith(("rc=2", "rc=255")):
+            assert head == "%s rc=%d" % (name, status)
