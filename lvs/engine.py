@@ -45,6 +45,7 @@ from .timers import Timers
 
 UDP_TIMEOUT = 5 * 60
 CONN_TAB_SIZE = 4096
+IDENT_PAIRS = 1 << 16     # address pairs whose IP ID counters are kept (ip_ident)
 
 
 class Engine(PacketPath, PacketPath6, IcmpSender, Tables, Timers, Sync, Defense):
@@ -80,6 +81,7 @@ class Engine(PacketPath, PacketPath6, IcmpSender, Tables, Timers, Sync, Defense)
         self._reasm = None                  # the datagram in hand, if it came in fragments
         self._timer_out = []
         self._icmp_peers = {}               # client address -> [tokens, last] (inet_peer)
+        self._icmp_gc_at = float("-inf")    # when idle peers were last forgotten
         self._icmp_credit = ICMP_MSGS_BURST
         self._icmp_stamp = None
         self.icmp_ratelimited = 0
@@ -172,19 +174,27 @@ class Engine(PacketPath, PacketPath6, IcmpSender, Tables, Timers, Sync, Defense)
         replay is reproducible.
         """
         key = (saddr, daddr, proto)
-        n = self._ident.get(key)
+        n = self._ident.pop(key, None)
         if n is None:
             n = self.flow_hash(saddr + daddr + bytes((proto,))) & 0xFFFF
-        self._ident[key] = (n + 1) & 0xFFFF
+            self._ident_room()
+        self._ident[key] = (n + 1) & 0xFFFF     # re-added: the dict's order is the use order
         return n
+
+    def _ident_room(self):
+        """The kernel keeps IDs in a fixed table (ip_idents); ours, a counter per address
+        pair, keeps the IDENT_PAIRS pairs used last: a spoofed flood cannot grow it."""
+        if len(self._ident) >= IDENT_PAIRS:
+            del self._ident[next(iter(self._ident))]
 
     def ip6_ident(self, saddr, daddr):
         """The identification of a Fragment header (ipv6_select_ident): like ip_ident,
         a counter per address pair started from a keyed hash, 32 bits wide."""
         key = (saddr, daddr, 44)
-        n = self._ident.get(key)
+        n = self._ident.pop(key, None)
         if n is None:
             n = self.flow_hash(daddr + saddr) or 1
+            self._ident_room()
         self._ident[key] = (n + 1) & 0xFFFFFFFF
         return n
 

@@ -11,6 +11,7 @@ from .verdicts import Transmit
 ICMP_RATEMASK = 0x1818          # net.ipv4.icmp_ratemask
 ICMP_RATELIMIT = 1.0            # net.ipv4.icmp_ratelimit, 1000 ms
 XRLIM_BURST_FACTOR = 6
+ICMP_PEERS_GC = 4096            # clients' buckets held before the idle ones are forgotten
 ICMP_MSGS_PER_SEC, ICMP_MSGS_BURST = 1000, 50
 # net.ipv6.icmp.ratelimit (1000 ms), shortened for wider prefixes by icmpv6_xrlim_allow:
 # >> ((128 - plen) >> 5); pylvs takes the clients' route to be a /64 (on link).
@@ -51,6 +52,15 @@ class IcmpSender:
             return
         self._out.append(Transmit(dst, packet))
 
+    def _icmp_peers_gc(self, now):
+        """Forget the clients whose bucket is full again: one idle for the longest burst
+        window is indistinguishable from a new one (inet_peer's GC, without changing any
+        answer). A spoofed flood then holds at most a window's worth of peers."""
+        self._icmp_gc_at = now
+        window = XRLIM_BURST_FACTOR * max(ICMP_RATELIMIT, ICMPV6_RATELIMIT)
+        for dst in [d for d, (_, last) in self._icmp_peers.items() if now - last >= window]:
+            del self._icmp_peers[dst]
+
     def _icmp_allow(self, dst, icmp_type, code, ratelimit=ICMP_RATELIMIT):
         """icmpv4_global_allow and icmpv4_xrlim_allow with the default sysctls.
 
@@ -75,9 +85,13 @@ class IcmpSender:
         if not self._icmp_credit:
             return False
         self._icmp_credit -= 1
-        peer = self._icmp_peers.get(dst)
+        peers = self._icmp_peers
+        peer = peers.get(dst)
         if peer is None:
-            peer = self._icmp_peers[dst] = [0.0, now - 60.0]
+            if len(peers) >= ICMP_PEERS_GC and now - self._icmp_gc_at >= 1.0:
+                self._icmp_peers_gc(now)   # at most once a second: the global credit admits
+                                           # at most ~1000 new clients in between
+            peer = peers[dst] = [0.0, now - 60.0]
         tokens = min(peer[0] + now - peer[1], XRLIM_BURST_FACTOR * ratelimit)
         peer[1] = now
         allowed = tokens >= ratelimit

@@ -4,6 +4,7 @@ Every expected value comes from reading the Linux 6.1 IPVS source
 (net/netfilter/ipvs); the function each one comes from is named next to it.
 """
 
+import socket
 import struct
 
 import pytest
@@ -623,6 +624,46 @@ def test_icmp_errors_are_rate_limited_per_client():
     assert syns(3, 2.6) == 1          # one token earned since the burst ran out
     assert syns(3, 2.6, client="203.0.113.8") == 3  # another client has its own bucket
     assert e.drops["no_dest"] == 19
+
+
+def test_a_spoofed_flood_to_a_closed_service_holds_bounded_icmp_state(monkeypatch):
+    """Every SYN from a new address gets its port unreachable (as rate limits allow): the
+    per-client ICMP buckets stay bounded, and forgetting the idle ones changes no answer
+    (a bucket idle for its burst window is a new one's). IPv6: room for 6000 addresses."""
+    from lvs import icmp_send, ipv6 as ipv6_mod
+    monkeypatch.setattr(icmp_send, "ICMP_PEERS_GC", 200)
+    vip = socket.inet_pton(socket.AF_INET6, "2001:db8::2")
+
+    def run(e):
+        svc = ServiceSpec(6, vip, 80, sched_name="rr")
+        e.add_service(svc)
+        e.add_dest(svc, DestSpec(socket.inet_pton(socket.AF_INET6, "2001:db8::11"), 80, conn_flags=0, weight=0))
+        answered, most = [], 0
+        for i in range(6000):
+            src = socket.inet_pton(socket.AF_INET6, "2001:db8:1::%x" % (i + 1))
+            tcp = struct.pack("!HHIIBBHHH", 1000 + i % 5000, 80, 0, 0, 0x50, 2, 1024, 0, 0)
+            out = e.receive(ipv6_mod.header(0, 20, 6, 64, src, vip) + tcp, 1.0 + i * 0.004)
+            answered.append(len(out))
+            most = max(most, len(e._icmp_peers))
+        return answered, most
+
+    small, most = run(Engine())
+    assert sum(small) > 5000 and most < 2500          # 250 new clients/s, a 6 s window
+    monkeypatch.setattr(icmp_send, "ICMP_PEERS_GC", 1 << 30)
+    full, most = run(Engine())
+    assert full == small and most == 6000
+
+
+def test_ip_ids_of_a_busy_pair_go_on_when_others_are_forgotten(monkeypatch):
+    from lvs import engine as engine_mod
+    monkeypatch.setattr(engine_mod, "IDENT_PAIRS", 4)
+    e = Engine()
+    a, b = bytes([198, 51, 100, 2]), bytes([203, 0, 113, 9])
+    first = e.ip_ident(a, b, 4)
+    for i in range(50):
+        assert e.ip_ident(a, bytes([192, 0, 2, 1 + i]), 4) is not None   # other pairs come and go
+        assert e.ip_ident(a, b, 4) == (first + 1 + i) & 0xFFFF
+    assert len(e._ident) <= 4
 
 
 def test_ip_options_travel_with_the_packet():
