@@ -22,24 +22,26 @@ class PacketPath6:
         if n < 40:
             return self.count_drop("truncated")
         plen = (packet[4] << 8) | packet[5]
-        if plen == 0:
-            # A jumbogram (RFC 2675) or no payload at all: nothing IPVS serves.
-            return self.count_drop("bad_payload_length")
-        tot_len = 40 + plen
-        if tot_len > n:
-            return self.count_drop("truncated")
-        if packet[6] == ipv6.NEXTHDR_HOP:
-            bad = ipv6.hop_options_verdict(packet[:tot_len])   # ip6_rcv_core: ipv6_parse_hopopts
+        hop = packet[6] == ipv6.NEXTHDR_HOP
+        if plen or not hop:     # ip6_rcv_core: a zero length may be a jumbogram's
+            if 40 + plen > n:
+                return self.count_drop("truncated")
+            packet = packet[:40 + plen]     # ipv6_rcv trims link-layer padding
+        if hop:
+            bad = ipv6.hop_options_verdict(packet)   # ipv6_parse_hopopts
             if bad is not None:
                 reason, problem = bad
                 if problem is not None:
-                    # icmpv6_param_prob, from the VIP the packet was sent to
-                    self._send_icmp6_error(bytearray(packet[:tot_len]), (ipv6.ICMPV6_PARAMPROB, problem[0]),
-                                           problem[1], None)
+                    self._param_problem(packet, *problem)
                 return self.count_drop(reason)
+        if plen == 0:
+            # No payload at all, or a jumbogram's options that passed: nothing IPVS serves
+            # (the kernel would go on with the packet as long as it came).
+            return self.count_drop("bad_payload_length")
+        tot_len = 40 + plen
         if not self.services:
             return self.count_drop("no_service")
-        buf = bytearray(packet[:tot_len])  # ipv6_rcv trims link-layer padding
+        buf = bytearray(packet)
         h = ipv6.find_hdr(buf)
         if h is None:
             return self.count_drop("bad_ext_header")
@@ -69,6 +71,14 @@ class PacketPath6:
         if proto != IPPROTO_TCP and proto != IPPROTO_UDP:
             return self.count_drop("unknown_protocol")
         return self._transport(buf, h.offset, proto, bytes(buf[8:24]), bytes(buf[24:40]), tot_len)
+
+    def _param_problem(self, packet, code, pointer):
+        """icmpv6_param_prob: from the address the packet was sent to if it is ours (a VIP),
+        else from our own (icmp6_send's source choice); none without one."""
+        dst = bytes(packet[24:40])
+        src = dst if self.is_local(dst) else self.director_addr6
+        if src is not None:
+            self._send_icmp6_error(bytearray(packet), (ipv6.ICMPV6_PARAMPROB, code), pointer, src)
 
     def _output6(self, nexthop, packet, mtu, reasm):
         """ip6_finish_output: a datagram longer than the path, or than the largest

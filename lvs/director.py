@@ -389,10 +389,12 @@ class Director(Director6):
                 self._refuse(packet, now)
 
     def _shed(self, packets):
-        """Overload: drop the IPv4 TCP SYNs (no ACK) among the general path's packets,
-        as the wire would have lost them (the clients send them again)."""
-        kept = [p for p in packets if not (p[0] == 0x45 and p[9] == IPPROTO_TCP and len(p) >= 40
-                                            and p[33] & 0x12 == 0x02)]
+        """Overload: drop the TCP SYNs (no ACK) among the general path's packets, IPv4
+        without options and IPv6 without extension headers, as the wire would have lost
+        them (the clients send them again)."""
+        kept = [p for p in packets if not (
+            (p[0] == 0x45 and p[9] == IPPROTO_TCP and len(p) >= 40 and p[33] & 0x12 == 0x02)
+            or (p[0] >> 4 == 6 and p[6] == IPPROTO_TCP and len(p) >= 60 and p[53] & 0x12 == 0x02))]
         self.counters["shed_syn"] += len(packets) - len(kept)
         return kept
 

@@ -45,7 +45,8 @@ from .timers import Timers
 
 UDP_TIMEOUT = 5 * 60
 CONN_TAB_SIZE = 4096
-IDENT_PAIRS = 1 << 16     # address pairs whose IP ID counters are kept (ip_ident)
+IDENT_BUCKETS = 2048      # IP_IDENTS_SZ: the IP ID counters (ip_ident)
+IDENT_PAIRS = 1 << 16     # address pairs whose hash into them is remembered
 
 
 class Engine(PacketPath, PacketPath6, IcmpSender, Tables, Timers, Sync, Defense):
@@ -72,7 +73,8 @@ class Engine(PacketPath, PacketPath6, IcmpSender, Tables, Timers, Sync, Defense)
         self.now = None
         self._start = None
         self._next_estimate = None
-        self._ident = {}
+        self._ident = {}          # bucket -> the next IP ID (ip_ident)
+        self._ident_hash = {}     # address pair -> its hash (a bounded memo)
         self.defrag = Reassembler()
         self.defrag6 = Reassembler6()
         self.fragments_held = 0             # fragments queued for reassembly (not drops)
@@ -170,32 +172,28 @@ class Engine(PacketPath, PacketPath6, IcmpSender, Tables, Timers, Sync, Defense)
         """IP ID for packets without DF (__ip_select_ident).
 
         The kernel hashes (daddr, saddr, protocol) with a boot-time random key
-        into a table of counters; the key here is the caller's seed, so a
-        replay is reproducible.
+        into a fixed table of IDENT_BUCKETS counters (ip_idents); the key here is
+        the caller's seed, so a replay is reproducible. Pairs that share a bucket
+        share its counter, as there; a counter never starts again.
         """
-        key = (saddr, daddr, proto)
-        n = self._ident.pop(key, None)
-        if n is None:
-            n = self.flow_hash(saddr + daddr + bytes((proto,))) & 0xFFFF
-            self._ident_room()
-        self._ident[key] = (n + 1) & 0xFFFF     # re-added: the dict's order is the use order
-        return n
-
-    def _ident_room(self):
-        """The kernel keeps IDs in a fixed table (ip_idents); ours, a counter per address
-        pair, keeps the IDENT_PAIRS pairs used last: a spoofed flood cannot grow it."""
-        if len(self._ident) >= IDENT_PAIRS:
-            del self._ident[next(iter(self._ident))]
+        return self._ident_next(saddr + daddr + bytes((proto,)), 0) & 0xFFFF
 
     def ip6_ident(self, saddr, daddr):
-        """The identification of a Fragment header (ipv6_select_ident): like ip_ident,
-        a counter per address pair started from a keyed hash, 32 bits wide."""
-        key = (saddr, daddr, 44)
-        n = self._ident.pop(key, None)
+        """The identification of a Fragment header (ipv6_select_ident): the same table,
+        the address pair's hash, 32 bits wide."""
+        return self._ident_next(daddr + saddr, 1)
+
+    def _ident_next(self, data, least):
+        h = self._ident_hash.get(data)
+        if h is None:
+            if len(self._ident_hash) >= IDENT_PAIRS:
+                self._ident_hash.clear()      # a memo only: the hashes come back the same
+            h = self._ident_hash[data] = self.flow_hash(data)
+        bucket = h & (IDENT_BUCKETS - 1)
+        n = self._ident.get(bucket)
         if n is None:
-            n = self.flow_hash(daddr + saddr) or 1
-            self._ident_room()
-        self._ident[key] = (n + 1) & 0xFFFFFFFF
+            n = h or least          # a bucket's first use starts where its first pair's hash says
+        self._ident[bucket] = (n + 1) & 0xFFFFFFFF
         return n
 
     def conn_list(self):

@@ -76,7 +76,7 @@ class FanoutError(Exception):
 def group_id(index, family=4):
     """A fanout group id of ours for interface `index` and an address family (ids are
     per network namespace)."""
-    return ((os.getpid() & 0xFFF) << 4 | (index & 0x7) | (0x8 if family == 6 else 0)) & 0xFFFF
+    return ((os.getpid() & 0x7FF) << 5 | (index & 0xF) << 1 | (1 if family == 6 else 0)) & 0xFFFF
 
 
 def join(sock, group):
@@ -139,11 +139,12 @@ def client_hash_program6(nat_addrs, prefix):
 
 
 def nd_filter():
-    """A socket filter taking IPv6 Neighbour Discovery only (ICMPv6 133-137 right after
-    the fixed header, as ND must be): the socket every process reads ND on."""
+    """A socket filter taking Neighbour Solicitations and Advertisements only (ICMPv6 135
+    and 136 right after the fixed header, as ND must be): the socket every process reads
+    them on. (Router messages and redirects stay with the IPv6 group, one process.)"""
     net = SKF_NET_OFF & 0xFFFFFFFF
     return [(_LD_B_ABS, 0, 0, net + 6), (_JEQ_K, 0, 4, 58),
-            (_LD_B_ABS, 0, 0, net + 40), (_JGE_K, 0, 2, 133), (_JGT_K, 1, 0, 137),
+            (_LD_B_ABS, 0, 0, net + 40), (_JGE_K, 0, 2, 135), (_JGT_K, 1, 0, 136),
             (_RET_K, 0, 0, 0x40000), (_RET_K, 0, 0, 0)]
 
 

@@ -127,7 +127,8 @@ def hop_options_verdict(buf):
                     return "bad_hop_options", (ICMPV6_HDR_FIELD, off + 2)
                 if buf[4] or buf[5]:
                     return "bad_hop_options", (ICMPV6_HDR_FIELD, off)
-                return "truncated", None    # a true jumbogram would not fit in a frame here
+                if int.from_bytes(buf[off + 2:off + 6], "big") > n - 40:
+                    return "truncated", None
             elif opt == OPT_CALIPSO:
                 return bad          # calipso_validate: CRC aside, the host defines no DOI
             else:

@@ -245,13 +245,17 @@ class Neighbours:
         if n < GC_THRESH2 or (n < GC_THRESH3 and self.last_flush is not None
                               and now - self.last_flush <= GC_MIN_AGE):
             return True
-        self.last_flush, freed = now, 0
+        # neigh_forced_gc: up to (entries with the new one) - gc_thresh2, each unused entry
+        # looked at counting towards the stop once one is freed
+        self.last_flush, freed, most = now, 0, n + 1 - GC_THRESH2
         for addr, e in list(self.entries.items()):
-            if freed >= n - GC_THRESH2:
-                break
-            if addr not in self.pending and now - e[1] > GC_MIN_AGE:
+            if addr in self.pending:
+                continue            # resolving: its timer holds it
+            if now - e[1] > GC_MIN_AGE:
                 del self.entries[addr]
                 freed += 1
+            if freed >= most:
+                break
         if not freed and n >= GC_THRESH3:
             self.table_fulls += 1
             return False

@@ -110,9 +110,21 @@ def test_the_neighbour_table_is_bounded_as_the_kernels():
         table.learn(addr[i], b"\2" * 6, "eth0", 6.0, create=True)
     assert not table.learn(addr[1500], b"\2" * 6, "eth0", 7.0, create=True) and table.table_fulls == 2
     assert addr[1500] not in table.entries
-    table.queue(addr[1500], "eth0", b"x", 12.0)      # all older than 5 s now: half of them go
+    table.queue(addr[1500], "eth0", b"x", 12.0)      # all older than 5 s now: down below gc_thresh2
     assert addr[1500] in table.pending
-    assert len(table.entries) == neigh_mod.GC_THRESH2 and table.table_fulls == 2
+    assert len(table.entries) == neigh_mod.GC_THRESH2 - 1 and table.table_fulls == 2   # n + 1 - thresh2 gone
+
+
+def test_the_forced_gc_frees_down_to_gc_thresh2_counting_the_new_entry():
+    """neigh_forced_gc's max_clean counts the entry being made: at exactly gc_thresh2
+    entries one stale entry goes, and the table stays at gc_thresh2."""
+    from lvs import neigh as neigh_mod
+    table = Neighbours(host_table=dict)
+    for i in range(neigh_mod.GC_THRESH2):
+        table.learn(socket.inet_aton("203.0.113.%d" % (i % 250)) + bytes([i // 250]), b"\2" * 6, "eth0", 0.0,
+                    create=True)
+    table.learn(socket.inet_aton("198.51.100.77"), b"\2" * 6, "eth0", 100.0, create=True)
+    assert len(table.entries) == neigh_mod.GC_THRESH2 and table.table_fulls == 0
 
 
 def test_the_route_cache_is_bounded(monkeypatch):
@@ -307,3 +319,14 @@ def test_the_batch_order_can_be_arrival_order_or_nothing_shed(rig, monkeypatch, 
     flags = [str(Ether(f)[TCP].flags) for f in port0.sent[sent:]]
     assert flags == (["S", "PA"] if mode == "0" else ["PA", "S"])
     assert d.counters["shed_syn"] == 0
+
+
+def test_shedding_takes_ipv6_syns_too(rig):
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt
+    d = rig[0]
+    v6 = lambda flags, *ext: bytes(IPv6(src="2001:db8::7", dst="2001:db8::2") / (ext[0] if ext else TCP(
+        sport=1, dport=80, flags=flags)) / (TCP(sport=1, dport=80, flags=flags) if ext else b""))
+    syn4 = bytes(IP(src=CLIENT, dst=VIP) / TCP(sport=2, dport=80, flags="S"))
+    packets = [v6("S"), v6("A"), syn4, v6("S", IPv6ExtHdrDestOpt()), v6("SA")]
+    kept = d._shed(packets)
+    assert kept == [packets[1], packets[3], packets[4]] and d.counters["shed_syn"] == 2

@@ -654,16 +654,26 @@ def test_a_spoofed_flood_to_a_closed_service_holds_bounded_icmp_state(monkeypatc
     assert full == small and most == 6000
 
 
-def test_ip_ids_of_a_busy_pair_go_on_when_others_are_forgotten(monkeypatch):
+def test_ip_ids_come_from_a_fixed_table_and_never_start_again(monkeypatch):
+    """__ip_select_ident's ip_idents: a fixed table of counters, the pairs hashed into it.
+    A pair's IDs go on by one while it alone uses its bucket, and however many other pairs
+    come and go (and the hash memo is emptied), its counter never starts again."""
     from lvs import engine as engine_mod
-    monkeypatch.setattr(engine_mod, "IDENT_PAIRS", 4)
+    monkeypatch.setattr(engine_mod, "IDENT_PAIRS", 64)
     e = Engine()
     a, b = bytes([198, 51, 100, 2]), bytes([203, 0, 113, 9])
     first = e.ip_ident(a, b, 4)
-    for i in range(50):
-        assert e.ip_ident(a, bytes([192, 0, 2, 1 + i]), 4) is not None   # other pairs come and go
-        assert e.ip_ident(a, b, 4) == (first + 1 + i) & 0xFFFF
-    assert len(e._ident) <= 4
+    assert [e.ip_ident(a, b, 4) for _ in range(3)] == [(first + k) & 0xFFFF for k in (1, 2, 3)]
+    seen = {first, (first + 1) & 0xFFFF, (first + 2) & 0xFFFF, (first + 3) & 0xFFFF}
+    last = (first + 3) & 0xFFFF
+    for i in range(5000):
+        e.ip_ident(a, bytes([192, 0, 2, 1 + i % 250]) + bytes(), 4 + i // 250)   # others come and go
+        if i % 100 == 0:
+            n = e.ip_ident(a, b, 4)
+            assert (n - last) & 0xFFFF >= 1 and n not in seen
+            seen.add(n)
+            last = n
+    assert len(e._ident) <= engine_mod.IDENT_BUCKETS and len(e._ident_hash) <= 64
 
 
 def test_ip_options_travel_with_the_packet():
