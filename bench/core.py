@@ -146,18 +146,28 @@ def timed(fn, rounds):
 FLOWS = {True: (1000, 100000), False: (1000, 1000000)}   # --quick, full run
 
 
-def compare_paths(name, engine, data, per_round, rounds, bare, table, **extra):
-    """`per_round` packets of the established flows `data`, visited in turn in batches,
-    through `engine` with the fast path on and off, against `bare` over `table`."""
-    flows = len(data)
-    order = [data[i % flows] for i in range(per_round)]
+def visiting(engine, data, per_round, after_batch=None):
+    """`per_round` packets of the established flows `data`, visited in turn: (that
+    order, a timed round of them through `engine` in batches, calling `after_batch`
+    after each, for timed())."""
+    order = [data[i % len(data)] for i in range(per_round)]
     batches = [order[i:i + BATCH] for i in range(0, per_round, BATCH)]
 
     def run_engine():
         t = time.perf_counter()
         for b in batches:
             engine.receive_batch(b, 2.0)
+            if after_batch is not None:
+                after_batch()
         return per_round, time.perf_counter() - t
+
+    return order, run_engine
+
+
+def compare_paths(name, engine, data, per_round, rounds, bare, table, **extra):
+    """The established flows `data` through `engine` with the fast path on and off
+    (visiting), against `bare` over `table`."""
+    order, run_engine = visiting(engine, data, per_round)
 
     def run_bare():
         t = time.perf_counter()
@@ -435,16 +445,8 @@ def case_sync(quick):
     flows, per_round = 1000, (50000 if quick else 200000)
     engine = engine_with("nat")
     data = open_flows(engine, flows)
-    order = [data[i % flows] for i in range(per_round)]
-    batches = [order[i:i + BATCH] for i in range(0, per_round, BATCH)]
-
-    def run_engine():
-        t = time.perf_counter()
-        for b in batches:
-            engine.receive_batch(b, 2.0)
-            engine.sync_take(4.0)         # the daemon sends after each batch
-        return per_round, time.perf_counter() - t
-
+    # the daemon sends after each batch
+    _, run_engine = visiting(engine, data, per_round, after_batch=lambda: engine.sync_take(4.0))
     off = timed(run_engine, rounds)
     assert adm.run(engine, ["--start-daemon", "master", "--mcast-interface", "eth0"])[2] == 0
     engine.receive_batch(data[:BATCH], 2.0)
@@ -466,8 +468,9 @@ def case_sync(quick):
         emit("sync backup, entries %s" % what, n / seconds, "entries/s", messages=len(messages))
 
 
-CASES = {"established": case_established, "established6": case_established6, "newconn": case_newconn, "memory": case_memory,
-         "expiry": case_expiry, "replay": case_replay, "sim": case_sim, "sync": case_sync}
+CASES = {"established": case_established, "established6": case_established6, "newconn": case_newconn,
+         "memory": case_memory, "expiry": case_expiry, "replay": case_replay, "sim": case_sim,
+         "sync": case_sync}
 
 
 def main(argv):

@@ -176,19 +176,21 @@ class Engine(PacketPath, PacketPath6, IcmpSender, Tables, Timers, Sync, Defense)
         the caller's seed, so a replay is reproducible. Pairs that share a bucket
         share its counter, as there; a counter never starts again.
         """
-        return self._ident_next(saddr + daddr + bytes((proto,)), 0) & 0xFFFF
+        return self._ident_next((saddr, daddr, proto), 0) & 0xFFFF
 
     def ip6_ident(self, saddr, daddr):
         """The identification of a Fragment header (ipv6_select_ident): the same table,
         the address pair's hash, 32 bits wide."""
-        return self._ident_next(daddr + saddr, 1)
+        return self._ident_next((saddr, daddr, None), 1)
 
-    def _ident_next(self, data, least):
-        h = self._ident_hash.get(data)
+    def _ident_next(self, key, least):
+        h = self._ident_hash.get(key)
         if h is None:
             if len(self._ident_hash) >= IDENT_PAIRS:
                 self._ident_hash.clear()      # a memo only: the hashes come back the same
-            h = self._ident_hash[data] = self.flow_hash(data)
+            saddr, daddr, proto = key
+            h = self._ident_hash[key] = self.flow_hash(
+                daddr + saddr if proto is None else saddr + daddr + bytes((proto,)))
         bucket = h & (IDENT_BUCKETS - 1)
         n = self._ident.get(bucket)
         if n is None:

@@ -110,8 +110,8 @@ class FastPath:
         that may belong to a connection it touches: one sharing its client's address and
         port (the end of it that is no service's and no real server's), or every later
         one after a packet whose connection cannot be told so (not plain TCP or UDP:
-        ICMP, fragments, IPv4 options, IPv6 extension headers). The caller sends what this returns, then runs
-        `defer` as a batch of its own: each flow keeps its order, and a packet that may
+        ICMP, fragments, IPv4 options, IPv6 extension headers). The caller sends what
+        this returns, then runs `defer` as a batch of its own: each flow keeps its order, and a packet that may
         depend on the general path's work waits for it. Timers and table changes
         cannot come between (the batch shares one `now`, and expiry runs first)."""
         engine = self.engine

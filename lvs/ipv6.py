@@ -79,7 +79,7 @@ OPT_PAD1, OPT_PADN, OPT_ROUTERALERT, OPT_CALIPSO, OPT_IOAM, OPT_JUMBO = 0, 1, 5,
 
 def hop_options_verdict(buf):
     """ipv6_parse_hopopts and ip6_parse_tlv over a hop-by-hop header at 40 (`buf` the
-    datagram, trimmed to its length): None when it passes, else (drop reason, the
+    datagram, trimmed to its payload length unless that is 0, as ip6_rcv_core): None when it passes, else (drop reason, the
     parameter problem the kernel sends as (code, pointer), or None). As the kernel with
     its defaults: at most 7 bytes of padding in a row, PadN all zeros, at most 8 other
     options; router alert of length 2; IOAM 4n-aligned (then ignored: ioam6_enabled=0);
@@ -123,11 +123,12 @@ def hop_options_verdict(buf):
             elif opt == OPT_JUMBO:
                 if buf[off + 1] != 4 or off & 3 != 2:
                     return bad
-                if int.from_bytes(buf[off + 2:off + 6], "big") <= IPV6_MAXPLEN:
+                jumbo_len = int.from_bytes(buf[off + 2:off + 6], "big")
+                if jumbo_len <= IPV6_MAXPLEN:
                     return "bad_hop_options", (ICMPV6_HDR_FIELD, off + 2)
                 if buf[4] or buf[5]:
                     return "bad_hop_options", (ICMPV6_HDR_FIELD, off)
-                if int.from_bytes(buf[off + 2:off + 6], "big") > n - 40:
+                if jumbo_len > n - 40:
                     return "truncated", None
             elif opt == OPT_CALIPSO:
                 return bad          # calipso_validate: CRC aside, the host defines no DOI

@@ -496,50 +496,35 @@ def test_established_first_sends_data_ahead_of_new_connections():
     assert state(fast) == state(slow)
 
 
-def test_established_first_holds_a_flow_behind_its_own_general_packet():
+@pytest.mark.parametrize("family", [4, 6])
+def test_established_first_holds_a_flow_behind_its_own_general_packet(family):
     """A FIN (general path) holds back the segments after it of the same client
-    address and port; another client's segments go ahead; an ICMP error or a
-    fragment holds back everything after it."""
-    fast, slow = make_pair(9)
-    for eng in (fast, slow):
-        _flow(eng, 80, 2)
-        eng.receive(ipv4(CLIENTS[1], VIP, 6, tcp(CLIENTS[1], VIP, 40001, 80, 0x02, b"")), 1.0)
-        eng.receive(ipv4(CLIENTS[1], VIP, 6, tcp(CLIENTS[1], VIP, 40001, 80, 0x10, b"")), 1.0)
-    a, b = CLIENTS
-    fin = ipv4(a, VIP, 6, tcp(a, VIP, 40000, 80, 0x11, b""))
-    data_a = ipv4(a, VIP, 6, tcp(a, VIP, 40000, 80, 0x18, b"after the fin"))
-    data_b = ipv4(b, VIP, 6, tcp(b, VIP, 40001, 80, 0x18, b"other flow"))
-    later = []
-    fast.fast.run([data_b, fin, data_a, data_b], 1.0, defer=later)   # data_b learnt on its 1st
-    assert later == [fin, data_a]
-    fast.receive_batch(later, 1.0)
-    for p in (data_b, fin, data_a, data_b):
-        slow.receive(p, 1.0)
-    assert state(fast) == state(slow)
-    frag = ipv4(a, VIP, 6, tcp(a, VIP, 40002, 80, 0x18, b"x"), frag=0x2000)
-    later = []
-    fast.fast.run([frag, data_b, data_b], 1.0, defer=later)
-    assert later == [frag, data_b, data_b]
+    address and port; another client's segments go ahead; a fragment (IPv4) or an
+    extension header (IPv6) holds back everything after it."""
+    fast, slow = make_pair(9, family)
+    vip, (a, b) = VIP, CLIENTS
+    if family == 6:
+        vip, a, b = V6[VIP], V6[a], V6[b]
 
+    def seg(client, cport, flags, payload, **odd):
+        l4 = tcp(client, vip, cport, 80, flags, payload)
+        return ipv4(client, vip, 6, l4, **odd) if family == 4 else ipv6(client, vip, 6, l4, **odd)
 
-def test_established_first_over_ipv6_holds_a_flow_and_an_extension_header_holds_all():
-    fast, slow = make_pair(9, 6)
-    vip, (a, b) = V6[VIP], (V6[c] for c in CLIENTS)
     for eng in (fast, slow):
         for client, cport in ((a, 40000), (b, 40001)):
             for flags in (0x02, 0x10):
-                eng.receive(ipv6(client, vip, 6, tcp(client, vip, cport, 80, flags, b"")), 1.0)
-    fin = ipv6(a, vip, 6, tcp(a, vip, 40000, 80, 0x11, b""))
-    data_a = ipv6(a, vip, 6, tcp(a, vip, 40000, 80, 0x18, b"after the fin"))
-    data_b = ipv6(b, vip, 6, tcp(b, vip, 40001, 80, 0x18, b"other flow"))
+                eng.receive(seg(client, cport, flags, b""), 1.0)
+    fin = seg(a, 40000, 0x11, b"")
+    data_a = seg(a, 40000, 0x18, b"after the fin")
+    data_b = seg(b, 40001, 0x18, b"other flow")
     later = []
-    first = fast.fast.run([data_b, fin, data_a, data_b], 1.0, defer=later)
+    first = fast.fast.run([data_b, fin, data_a, data_b], 1.0, defer=later)   # data_b learnt on its ACK
     assert later == [fin, data_a] and len(first) == 2
     fast.receive_batch(later, 1.0)
     for p in (data_b, fin, data_a, data_b):
         slow.receive(p, 1.0)
     assert state(fast) == state(slow)
-    opts = ipv6(b, vip, 6, tcp(b, vip, 40001, 80, 0x18, b"x"), ext=60)
+    odd = seg(a, 40002, 0x18, b"x", **({"frag": 0x2000} if family == 4 else {"ext": 60}))
     later = []
-    fast.fast.run([opts, data_b, data_b], 1.0, defer=later)
-    assert later == [opts, data_b, data_b]
+    fast.fast.run([odd, data_b, data_b], 1.0, defer=later)
+    assert later == [odd, data_b, data_b]
